@@ -1,0 +1,175 @@
+"""The public verbs of the alarms app."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.models import Group
+from django.db import transaction
+from django.db.models import QuerySet
+from django.utils import timezone
+
+from alarms import journal
+from alarms.models import Alarm, AlarmReceipt, AlarmTranslation, Audience, Level
+from alarms.validators import is_safe_link
+
+__all__ = ["dismiss", "mark_seen", "send_alarm", "withdraw"]
+
+MAX_TITLE = 200
+MAX_MESSAGE = 10000
+
+
+def send_alarm(
+    translations: Mapping[str, Mapping[str, str]],
+    *,
+    level: str = Level.INFO,
+    audience: str | None = None,
+    users: Iterable[Any] = (),
+    groups: Iterable[Group | str] = (),
+    url: str = "",
+    publish_at: datetime | None = None,
+    expires_at: datetime | None = None,
+    created_by: Any = None,
+) -> Alarm:
+    """Create an alarm with its translations in one transaction, and return it.
+
+    ``translations`` maps a language code of ``settings.LANGUAGES`` to
+    ``{"title": ..., "message": ...}``; the ``LANGUAGE_CODE`` one is required.
+    ``audience`` defaults to "selected" when users or groups are given, else to
+    "authenticated". Raises ``ValueError`` with a readable message on bad input.
+    """
+    users = list(users)
+    groups = [_group(g) for g in groups]
+    if audience is None:
+        audience = Audience.SELECTED if users or groups else Audience.AUTHENTICATED
+    if level not in Level.values:
+        raise ValueError(f"Unknown level {level!r}: choose one of {', '.join(Level.values)}.")
+    if audience not in Audience.values:
+        raise ValueError(
+            f"Unknown audience {audience!r}: choose one of {', '.join(Audience.values)}."
+        )
+    if (users or groups) and audience != Audience.SELECTED:
+        raise ValueError('Users and groups can only be given with the audience "selected".')
+    if audience == Audience.SELECTED and not (users or groups):
+        raise ValueError('The audience "selected" needs at least one user or group.')
+    if url and not is_safe_link(url):
+        raise ValueError(f"Unsafe link {url!r}: use http(s):// or a path starting with '/'.")
+    cleaned = _clean_translations(translations)
+    publish_at = publish_at or timezone.now()
+    if expires_at is not None and expires_at <= publish_at:
+        raise ValueError("expires_at must be after publish_at.")
+    if timezone.is_naive(publish_at) or (expires_at and timezone.is_naive(expires_at)):
+        raise ValueError("publish_at and expires_at must be timezone-aware.")
+
+    with transaction.atomic():
+        alarm = Alarm.objects.create(
+            level=level,
+            audience=audience,
+            url=url,
+            publish_at=publish_at,
+            expires_at=expires_at,
+            created_by=created_by,
+        )
+        AlarmTranslation.objects.bulk_create(
+            [AlarmTranslation(alarm=alarm, language_code=c, **t) for c, t in cleaned.items()]
+        )
+        if users:
+            alarm.users.set(users)
+        if groups:
+            alarm.groups.set(groups)
+    return alarm
+
+
+def _group(group: Group | str) -> Group:
+    if isinstance(group, Group):
+        return group
+    try:
+        return Group.objects.get(name=group)
+    except Group.DoesNotExist:
+        raise ValueError(f"Unknown group {group!r}.") from None
+
+
+def _clean_translations(
+    translations: Mapping[str, Mapping[str, str]],
+) -> dict[str, dict[str, str]]:
+    known = {code.lower(): code for code, _name in settings.LANGUAGES}
+    cleaned: dict[str, dict[str, str]] = {}
+    for code, text in translations.items():
+        lang = known.get(str(code).lower())
+        if lang is None:
+            raise ValueError(
+                f"Unknown language {code!r}: this site speaks {', '.join(known.values())}."
+            )
+        if lang in cleaned:
+            raise ValueError(f"Language {lang!r} is given twice.")
+        title = str(text.get("title", "")).strip()
+        message = str(text.get("message", "")).strip()
+        if not title or not message:
+            raise ValueError(f"The {lang!r} translation needs both a title and a message.")
+        if len(title) > MAX_TITLE:
+            raise ValueError(f"The {lang!r} title is longer than {MAX_TITLE} characters.")
+        if len(message) > MAX_MESSAGE:
+            raise ValueError(f"The {lang!r} message is longer than {MAX_MESSAGE} characters.")
+        cleaned[lang] = {"title": title, "message": message}
+    if settings.LANGUAGE_CODE not in cleaned:
+        raise ValueError(
+            f"A translation in the default language {settings.LANGUAGE_CODE!r} is required."
+        )
+    return cleaned
+
+
+def withdraw(alarms: QuerySet[Alarm] | Iterable[Alarm]) -> int:
+    """Take live or scheduled alarms down now; open streams retract them. Returns the count."""
+    qs = (
+        alarms
+        if isinstance(alarms, QuerySet)
+        else Alarm.objects.filter(pk__in=[a.pk for a in alarms])
+    )
+    with transaction.atomic(using=qs.db):
+        ids = list(qs.filter(withdrawn_at__isnull=True).values_list("pk", flat=True))
+        Alarm.objects.using(qs.db).filter(pk__in=ids).update(
+            withdrawn_at=timezone.now(), updated_at=timezone.now()
+        )
+        journal.record(ids, using=qs.db)
+    return len(ids)
+
+
+def mark_seen(user: Any, alarm_ids: Iterable[int]) -> int:
+    """Record that ``user`` was shown these alarms (the first time only)."""
+    return _receipts(user, alarm_ids, "seen_at")
+
+
+def dismiss(user: Any, alarm_ids: Iterable[int]) -> int:
+    """Record that ``user`` dismissed these alarms; their other streams close the toasts."""
+    return _receipts(user, alarm_ids, "dismissed_at")
+
+
+def _receipts(user: Any, alarm_ids: Iterable[int], field: str) -> int:
+    if not getattr(user, "is_authenticated", False):
+        return 0
+    now = timezone.now()
+    wanted = {int(i) for i in alarm_ids}
+    with transaction.atomic():
+        # Only alarms this user may see: ids of other users' alarms are ignored.
+        ids = set(Alarm.objects.visible_to(user).filter(pk__in=wanted).values_list("pk", flat=True))
+        existing = {
+            r.alarm_id: r
+            for r in AlarmReceipt.objects.select_for_update().filter(user=user, alarm_id__in=ids)
+        }
+        new = [AlarmReceipt(user=user, alarm_id=i, **{field: now}) for i in ids - set(existing)]
+        AlarmReceipt.objects.bulk_create(new, ignore_conflicts=True)
+        stale = [r for r in existing.values() if getattr(r, field) is None]
+        for r in stale:
+            setattr(r, field, now)
+        AlarmReceipt.objects.bulk_update(stale, [field])
+        changed = [r.alarm_id for r in new] + [r.alarm_id for r in stale]
+        if field == "dismissed_at":
+            # seen implies dismissed-ness is known; keep seen_at for the counts.
+            AlarmReceipt.objects.filter(
+                user=user, alarm_id__in=changed, seen_at__isnull=True
+            ).update(seen_at=now)
+            journal.record(changed, kind="dismiss", user_id=user.pk, using="default")
+    return len(changed)

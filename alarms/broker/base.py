@@ -1,0 +1,564 @@
+"""The process-wide broker: one reader of the change journal, fanned out to every stream.
+
+Streams never query for new alarms. The broker keeps every current alarm (live
+or scheduled) in memory, reads the journal once per wake-up, re-reads only the
+alarms that changed, and pushes encoded events into bounded per-stream queues.
+Scheduled alarms go live and expire on the broker's own timer: no write, and no
+query, happens at ``publish_at`` or ``expires_at``.
+
+Subclasses decide what wakes it: ``MemoryBroker`` polls (and is woken at once by
+commits in its own process); ``PostgresBroker`` listens for ``NOTIFY``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import threading
+import time
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, ClassVar, TypeVar
+
+from django.db import Error as DatabaseError
+from django.db import connections
+from django.utils import timezone
+
+from alarms import events
+from alarms.conf import get_config
+from alarms.translation import choose_language, direction
+
+logger = logging.getLogger("alarms.broker")
+
+T = TypeVar("T")
+
+
+class BrokerFull(Exception):
+    """The process holds ``MAX_STREAMS`` streams already."""
+
+
+@dataclass(frozen=True)
+class Viewer:
+    """Who a stream belongs to, as far as visibility and language go."""
+
+    user_id: int | None = None
+    is_staff: bool = False
+    group_ids: frozenset[int] = frozenset()
+    language: str = "en"
+
+    @property
+    def is_authenticated(self) -> bool:
+        return self.user_id is not None
+
+
+@dataclass
+class CachedAlarm:
+    id: int
+    level: str
+    audience: str
+    url: str
+    publish_at: datetime
+    expires_at: datetime | None
+    user_ids: frozenset[int]
+    group_ids: frozenset[int]
+    translations: dict[str, tuple[str, str]]
+    announced: bool = False
+    _payloads: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
+
+    def visible_to(self, viewer: Viewer) -> bool:
+        if self.audience == "everyone":
+            return True
+        if viewer.user_id is None:
+            return False
+        if self.audience == "authenticated":
+            return True
+        if self.audience == "staff":
+            return viewer.is_staff
+        return viewer.user_id in self.user_ids or not self.group_ids.isdisjoint(viewer.group_ids)
+
+    def live(self, now: datetime) -> bool:
+        return self.publish_at <= now and (self.expires_at is None or self.expires_at > now)
+
+    def payload(self, language: str) -> dict[str, Any]:
+        """The event payload for a reader of ``language``, built once per language."""
+        if language not in self._payloads:
+            code = choose_language(language, self.translations) or language
+            title, message = self.translations.get(code, ("", ""))
+            self._payloads[language] = {
+                "id": self.id,
+                "level": self.level,
+                "title": title,
+                "message": message,
+                "language": code,
+                "dir": direction(code),
+                "url": self.url,
+                "published_at": self.publish_at.isoformat(),
+                "expires_at": self.expires_at.isoformat() if self.expires_at else None,
+            }
+        return self._payloads[language]
+
+
+class Subscriber:
+    """One open stream: a bounded queue of encoded events and a reason if closed."""
+
+    _ids = itertools.count(1)
+
+    def __init__(self, viewer: Viewer, queue_size: int) -> None:
+        self.id = next(self._ids)
+        self.viewer = viewer
+        self.dismissed: set[int] = set()
+        self.seen: set[int] = set()
+        self.closed: str | None = None
+        self._queue: deque[bytes] = deque()
+        self._size = queue_size
+        self._ready = asyncio.Event()
+
+    def push(self, chunk: bytes) -> None:
+        if self.closed:
+            return
+        if len(self._queue) >= self._size:
+            # Too slow to keep up: close it; the client reconnects and replays.
+            self.close("slow")
+            return
+        self._queue.append(chunk)
+        self._ready.set()
+
+    def close(self, reason: str) -> None:
+        if not self.closed:
+            self.closed = reason
+            self._ready.set()
+
+    async def next(self, within: float) -> list[bytes] | None:
+        """Everything queued, waiting at most ``within`` seconds; None on timeout."""
+        if not self._queue and not self.closed:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._ready.wait(), within)
+        self._ready.clear()
+        if not self._queue:
+            return None
+        chunks = list(self._queue)
+        self._queue.clear()
+        return chunks
+
+
+@dataclass
+class ConnectState:
+    """What a connecting stream needs from the database, loaded in one executor call."""
+
+    viewer: Viewer
+    seen: set[int]
+    dismissed: set[int]
+
+
+class BaseBroker:
+    """Base class of brokers. Subclasses implement :meth:`wait_for_wake`.
+
+    One instance runs per process (see :func:`alarms.broker.get_broker`); it
+    starts on the event loop of the first stream and reads the database through
+    its own small thread pool (``DB_THREADS``), so the number of database
+    connections does not grow with the number of streams.
+    """
+
+    #: Database vendors this broker works with; None for any.
+    vendors: ClassVar[tuple[str, ...] | None] = None
+
+    def __init__(self) -> None:
+        self.config = get_config()
+        self.alias: str = self.config["DATABASE"]
+        self.alarms: dict[int, CachedAlarm] = {}
+        self.head = 0
+        self.subscribers: set[Subscriber] = set()
+        self.by_user: dict[int, deque[Subscriber]] = defaultdict(deque)
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._executor = ThreadPoolExecutor(
+            max_workers=self.config["DB_THREADS"], thread_name_prefix="alarms-db"
+        )
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._start_lock: asyncio.Lock | None = None
+        self._started = threading.Event()
+        self.stats: dict[str, int] = defaultdict(int)
+
+    # -- extension points -------------------------------------------------
+
+    @classmethod
+    def check(cls) -> list[Any]:
+        """System-check messages for this broker under the current settings."""
+        return []
+
+    async def wait_for_wake(self, within: float | None) -> None:
+        """Return when something may have changed, or after ``within`` seconds."""
+        raise NotImplementedError
+
+    async def on_start(self) -> None:
+        """Called once on the broker's loop before the first read."""
+
+    async def on_stop(self) -> None:
+        """Called once when the broker stops."""
+
+    # -- lifecycle ---------------------------------------------------------
+
+    async def ensure_started(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self.loop is loop and self._task is not None and not self._task.done():
+            return
+        if self.loop is not None and self.loop is not loop:
+            raise RuntimeError("The alarms broker is bound to another event loop.")
+        if self._start_lock is None:
+            self._start_lock = asyncio.Lock()
+        async with self._start_lock:
+            if self._task is not None and not self._task.done():
+                return
+            self.loop = loop
+            self._wake = asyncio.Event()
+            await self.on_start()
+            await self.run_db(self._load_all)
+            self._task = loop.create_task(self._run(), name="alarms-broker")
+            self._started.set()
+            logger.info(
+                "broker %s started at journal #%d with %d current alarms",
+                type(self).__name__,
+                self.head,
+                len(self.alarms),
+            )
+
+    async def stop(self) -> None:
+        for sub in list(self.subscribers):
+            sub.close("shutdown")
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.on_stop()
+        self._task = None
+
+    def wake(self) -> None:
+        """Ask for a read soon. Safe to call from any thread."""
+        loop, wake = self.loop, self._wake
+        if loop is None or wake is None or loop.is_closed():
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            wake.set()
+        else:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(wake.set)
+
+    # -- database access ---------------------------------------------------
+
+    async def run_db(self, func: Callable[..., T], *args: Any) -> T:
+        """Run ``func`` in the broker's database threads, dropping a broken connection."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, _db_call, func, args)
+
+    def _load_all(self) -> None:
+        from alarms.models import AlarmChange
+
+        last = AlarmChange.objects.using(self.alias).order_by("-id").values_list("id", flat=True)
+        head = last.first() or 0
+        alarms = self._load_alarms(None)
+        now = timezone.now()
+        for alarm in alarms.values():
+            alarm.announced = alarm.live(now)
+        self.alarms = alarms
+        self.head = head
+
+    def _load_alarms(self, ids: Iterable[int] | None) -> dict[int, CachedAlarm]:
+        from alarms.models import Alarm
+
+        qs = (
+            Alarm.objects.using(self.alias)
+            .current()
+            .prefetch_related("translations", "users", "groups")
+        )
+        if ids is not None:
+            qs = qs.filter(pk__in=list(ids))
+        result = {}
+        for a in qs:
+            result[a.pk] = CachedAlarm(
+                id=a.pk,
+                level=a.level,
+                audience=a.audience,
+                url=a.url,
+                publish_at=a.publish_at,
+                expires_at=a.expires_at,
+                user_ids=frozenset(u.pk for u in a.users.all()),
+                group_ids=frozenset(g.pk for g in a.groups.all()),
+                translations={t.language_code: (t.title, t.message) for t in a.translations.all()},
+            )
+        return result
+
+    def _read_changes(self, head: int) -> tuple[list[tuple[int, int, str, int | None]], dict]:
+        from alarms.models import AlarmChange
+
+        rows = list(
+            AlarmChange.objects.using(self.alias)
+            .filter(id__gt=head)
+            .order_by("id")
+            .values_list("id", "alarm_id", "kind", "user_id")[:10000]
+        )
+        changed = {alarm_id for _id, alarm_id, kind, _u in rows if kind == "alarm"}
+        return rows, (self._load_alarms(changed) if changed else {})
+
+    # -- the loop ----------------------------------------------------------
+
+    async def _run(self) -> None:
+        assert self._wake is not None
+        failures = 0
+        while True:
+            try:
+                await self.wait_for_wake(self._next_deadline())
+                self._wake.clear()
+                await self.refresh()
+                failures = 0
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                failures += 1
+                delay = min(30.0, 0.5 * 2 ** min(failures, 6))
+                logger.exception("broker read failed; retrying in %.1fs", delay)
+                await asyncio.sleep(delay)
+
+    async def refresh(self) -> None:
+        """Read the journal past ``head`` and the clock; push what changed."""
+        rows, loaded = await self.run_db(self._read_changes, self.head)
+        while rows:
+            self._apply(rows, loaded)
+            if len(rows) < 10000:
+                break
+            rows, loaded = await self.run_db(self._read_changes, self.head)
+        self._tick()
+
+    def _apply(self, rows: list[tuple[int, int, str, int | None]], loaded: dict) -> None:
+        now = timezone.now()
+        self.head = rows[-1][0]
+        event_id = events.format_event_id(self.head, _millis())
+        changed = {a for _i, a, kind, _u in rows if kind == "alarm"}
+        for alarm_id in sorted(changed):
+            old = self.alarms.pop(alarm_id, None)
+            new = loaded.get(alarm_id)
+            if new is not None:
+                new.announced = new.live(now)
+                self.alarms[alarm_id] = new
+            self._fan_out(old, new, now, event_id)
+        for _i, alarm_id, kind, user_id in rows:
+            if kind == "dismiss" and user_id is not None:
+                chunk = events.dismiss(alarm_id, event_id)
+                for sub in self.by_user.get(user_id, ()):
+                    sub.dismissed.add(alarm_id)
+                    sub.push(chunk)
+                self.stats["events"] += 1
+
+    def _fan_out(
+        self, old: CachedAlarm | None, new: CachedAlarm | None, now: datetime, event_id: str
+    ) -> None:
+        encoded: dict[str, bytes] = {}
+        retract: bytes | None = None
+        for sub in self.subscribers:
+            viewer = sub.viewer
+            if new is not None and new.live(now) and new.visible_to(viewer):
+                if new.id in sub.dismissed:
+                    continue
+                chunk = encoded.get(viewer.language)
+                if chunk is None:
+                    chunk = encoded[viewer.language] = events.alarm(
+                        new.payload(viewer.language), event_id
+                    )
+                sub.push(chunk)
+            elif old is not None and old.announced and old.visible_to(viewer):
+                retract = retract or events.retract(old.id, event_id)
+                sub.push(retract)
+            else:
+                continue
+            self.stats["events"] += 1
+
+    def _tick(self) -> None:
+        """Announce alarms whose time came, retract those that expired."""
+        now = timezone.now()
+        event_id: str | None = None
+        for alarm in list(self.alarms.values()):
+            expired = alarm.expires_at is not None and alarm.expires_at <= now
+            if expired or (not alarm.announced and alarm.publish_at <= now):
+                event_id = event_id or events.format_event_id(self.head, _millis())
+                if expired:
+                    del self.alarms[alarm.id]
+                    self._fan_out(alarm if alarm.announced else None, None, now, event_id)
+                else:
+                    alarm.announced = True
+                    self._fan_out(None, alarm, now, event_id)
+
+    def _next_deadline(self) -> float | None:
+        now = timezone.now()
+        times = [a.publish_at for a in self.alarms.values() if not a.announced]
+        times += [a.expires_at for a in self.alarms.values() if a.expires_at is not None]
+        if not times:
+            return None
+        return max(0.0, (min(times) - now).total_seconds()) + 0.001
+
+    # -- streams -----------------------------------------------------------
+
+    def load_viewer(self, user: Any, language: str) -> ConnectState:
+        """Runs in a database thread: the viewer and their receipts."""
+        from alarms.models import AlarmReceipt
+
+        if not getattr(user, "is_authenticated", False):
+            return ConnectState(Viewer(language=language), set(), set())
+        viewer = Viewer(
+            user_id=user.pk,
+            is_staff=bool(user.is_staff),
+            group_ids=frozenset(user.groups.values_list("pk", flat=True)),
+            language=language,
+        )
+        seen: set[int] = set()
+        dismissed: set[int] = set()
+        receipts = AlarmReceipt.objects.using(self.alias).filter(
+            user_id=user.pk, alarm_id__in=list(self.alarms)
+        )
+        for alarm_id, seen_at, dismissed_at in receipts.values_list(
+            "alarm_id", "seen_at", "dismissed_at"
+        ):
+            if seen_at:
+                seen.add(alarm_id)
+            if dismissed_at:
+                dismissed.add(alarm_id)
+        return ConnectState(viewer, seen, dismissed)
+
+    def subscribe(self, state: ConnectState) -> Subscriber:
+        """Register a stream (on the broker's loop, after :meth:`ensure_started`)."""
+        if len(self.subscribers) >= self.config["MAX_STREAMS"]:
+            raise BrokerFull
+        sub = Subscriber(state.viewer, self.config["QUEUE_SIZE"])
+        sub.seen, sub.dismissed = state.seen, state.dismissed
+        self.subscribers.add(sub)
+        user_id = state.viewer.user_id
+        if user_id is not None:
+            mine = self.by_user[user_id]
+            mine.append(sub)
+            while len(mine) > self.config["MAX_STREAMS_PER_USER"]:
+                mine.popleft().close("replaced")
+        self.stats["connects"] += 1
+        return sub
+
+    def unsubscribe(self, sub: Subscriber) -> None:
+        self.subscribers.discard(sub)
+        user_id = sub.viewer.user_id
+        if user_id is not None and user_id in self.by_user:
+            mine = self.by_user[user_id]
+            with contextlib.suppress(ValueError):
+                mine.remove(sub)
+            if not mine:
+                del self.by_user[user_id]
+        if sub.closed:
+            self.stats[f"closed_{sub.closed}"] += 1
+
+    def snapshot(self, sub: Subscriber) -> list[bytes]:
+        """What a fresh stream should show: live, visible, not dismissed, unseen or critical."""
+        now = timezone.now()
+        event_id = events.format_event_id(self.head, _millis())
+        return [
+            events.alarm(a.payload(sub.viewer.language), event_id)
+            for a in self._deliverable(sub, now)
+            if a.id not in sub.seen or a.level == "critical"
+        ]
+
+    def _deliverable(self, sub: Subscriber, now: datetime) -> list[CachedAlarm]:
+        found = [
+            a
+            for a in self.alarms.values()
+            if a.live(now) and a.visible_to(sub.viewer) and a.id not in sub.dismissed
+        ]
+        return sorted(found, key=lambda a: (a.publish_at, a.id))
+
+    def read_missed(self, user_id: int | None, since: tuple[int, int], head: int) -> Missed | None:
+        """Runs in a database thread: the journal between a Last-Event-ID and ``head``."""
+        from alarms.models import Alarm, AlarmChange
+
+        seq, millis = since
+        journal = AlarmChange.objects.using(self.alias)
+        first = journal.order_by("id").values_list("id", flat=True).first()
+        if seq > head or (first is not None and seq < first - 1):
+            return None  # from another database, or older than what is kept
+        rows = journal.filter(id__gt=seq, id__lte=head).values_list("alarm_id", "kind", "user_id")
+        missed = Missed()
+        for alarm_id, kind, row_user in rows:
+            if kind == "alarm":
+                missed.changed.add(alarm_id)
+            elif row_user is not None and row_user == user_id:
+                missed.dismissed.add(alarm_id)
+        since_dt = datetime.fromtimestamp(millis / 1000, tz=UTC)
+        missed.expired.update(
+            Alarm.objects.using(self.alias)
+            .filter(expires_at__gt=since_dt, expires_at__lte=timezone.now())
+            .values_list("pk", flat=True)
+        )
+        missed.since = since_dt
+        return missed
+
+    def replay(self, sub: Subscriber, missed: Missed) -> list[bytes]:
+        """Exactly what a resuming stream missed since its Last-Event-ID."""
+        now = timezone.now()
+        event_id = events.format_event_id(self.head, _millis())
+        chunks = []
+        deliverable = self._deliverable(sub, now)
+        delivered = set()
+        for a in deliverable:
+            if a.id in missed.changed or a.publish_at > missed.since:
+                chunks.append(events.alarm(a.payload(sub.viewer.language), event_id))
+            delivered.add(a.id)
+        for alarm_id in sorted((missed.changed | missed.expired) - delivered):
+            cached = self.alarms.get(alarm_id)
+            if cached is None or cached.visible_to(sub.viewer) or alarm_id in missed.changed:
+                chunks.append(events.retract(alarm_id, event_id))
+        for alarm_id in sorted(missed.dismissed):
+            chunks.append(events.dismiss(alarm_id, event_id))
+        return chunks
+
+
+@dataclass
+class Missed:
+    changed: set[int] = field(default_factory=set)
+    dismissed: set[int] = field(default_factory=set)
+    expired: set[int] = field(default_factory=set)
+    since: datetime = field(default_factory=timezone.now)
+
+
+def _millis() -> int:
+    return int(time.time() * 1000)
+
+
+def _db_call(func: Callable[..., T], args: tuple[Any, ...]) -> T:
+    # These threads keep their connections for the life of the process. One the
+    # server dropped (a restart, an idle timeout) fails once; it is closed and
+    # the call made again on a fresh connection.
+    try:
+        return func(*args)
+    except DatabaseError:
+        broken = False
+        for conn in connections.all(initialized_only=True):
+            if conn.connection is not None and not conn.is_usable():
+                conn.close()
+                broken = True
+        if not broken:
+            raise
+    return func(*args)
+
+
+def broker_path() -> str:
+    path = get_config()["BROKER"]
+    if path:
+        return str(path)
+    from django.conf import settings
+
+    alias = get_config()["DATABASE"]
+    engine = settings.DATABASES.get(alias, {}).get("ENGINE", "")
+    if "postgresql" in engine or "postgis" in engine:
+        return "alarms.broker.postgres.PostgresBroker"
+    return "alarms.broker.memory.MemoryBroker"

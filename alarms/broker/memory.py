@@ -1,0 +1,19 @@
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from alarms.broker.base import BaseBroker
+
+
+class MemoryBroker(BaseBroker):
+    """For one process, or SQLite: woken at once by commits in this process, and
+    polling the journal every ``POLL_INTERVAL`` seconds for writes from others
+    (a ``send_alarm`` command, a second server process)."""
+
+    async def wait_for_wake(self, within: float | None) -> None:
+        assert self._wake is not None
+        poll = float(self.config["POLL_INTERVAL"])
+        within = poll if within is None else min(within, poll)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), within)

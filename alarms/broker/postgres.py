@@ -1,0 +1,114 @@
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import psycopg
+from django.db import connections
+
+from alarms.broker.base import BaseBroker
+
+logger = logging.getLogger("alarms.broker")
+
+
+class PostgresBroker(BaseBroker):
+    """For PostgreSQL: woken by ``NOTIFY`` on one dedicated async connection.
+
+    The journal writers notify in the same transaction as the write, so a
+    notification means a committed row. When the listening connection is lost
+    the listener reconnects with backoff and wakes the broker, which reads the
+    journal from its last position: nothing written meanwhile is missed. While
+    idle it makes no query at all (unless ``SAFETY_POLL_INTERVAL`` is set).
+    """
+
+    vendors = ("postgresql",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._listener: asyncio.Task[None] | None = None
+        self.listening = asyncio.Event()
+        self.listen_connection: psycopg.AsyncConnection[Any] | None = None
+
+    @classmethod
+    def check(cls) -> list[Any]:
+        from django.core.checks import Error
+
+        from alarms.conf import get_config
+
+        alias = get_config()["DATABASE"]
+        if alias in connections and connections[alias].vendor != "postgresql":
+            return [
+                Error(
+                    f"PostgresBroker needs a PostgreSQL database; {alias!r} is "
+                    f"{connections[alias].vendor}.",
+                    hint="Use alarms.broker.memory.MemoryBroker, or leave ALARMS['BROKER'] "
+                    "unset to choose by database.",
+                    id="alarms.E005",
+                )
+            ]
+        return []
+
+    async def on_start(self) -> None:
+        self.listening = asyncio.Event()
+        self._listener = asyncio.get_running_loop().create_task(
+            self._listen(), name="alarms-listen"
+        )
+        # Listen before the first read: a write between the two is then seen.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.listening.wait(), 10)
+
+    async def on_stop(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+
+    async def wait_for_wake(self, within: float | None) -> None:
+        assert self._wake is not None
+        safety = self.config["SAFETY_POLL_INTERVAL"]
+        if safety:
+            within = safety if within is None else min(within, safety)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), within)
+
+    def _conninfo(self) -> dict[str, Any]:
+        params = connections[self.alias].get_connection_params()
+        params.pop("cursor_factory", None)
+        params.pop("context", None)
+        params.pop("server_side_binding", None)
+        params.pop("prepare_threshold", None)
+        params["autocommit"] = True
+        return params
+
+    async def _listen(self) -> None:
+        failures = 0
+        channel = self.config["CHANNEL"]
+        while True:
+            try:
+                conn = await psycopg.AsyncConnection.connect(**self._conninfo())
+                self.listen_connection = conn
+                async with conn:
+                    await conn.execute(
+                        psycopg.sql.SQL("LISTEN {}").format(psycopg.sql.Identifier(channel))
+                    )
+                    if failures:
+                        logger.warning("listening again on %r after %d failures", channel, failures)
+                    failures = 0
+                    self.listening.set()
+                    # Catch up with whatever was written while not listening.
+                    self.wake()
+                    async for _notify in conn.notifies():
+                        self.stats["notifications"] += 1
+                        self.wake()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.listening.clear()
+                failures += 1
+                delay = min(10.0, 0.2 * 2 ** min(failures, 6))
+                logger.warning("listen connection lost (%s); reconnecting in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+            finally:
+                self.listen_connection = None

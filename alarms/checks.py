@@ -1,0 +1,80 @@
+"""System checks for configurations that would break streaming. Documented in docs/settings.md."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.core.checks import Error, Tags, Warning, register
+from django.utils.module_loading import import_string
+
+from alarms.conf import get_config
+
+
+@register(Tags.compatibility)
+def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+    from alarms.broker.base import BaseBroker, broker_path
+
+    messages: list[Any] = []
+    codes = [code for code, _name in settings.LANGUAGES]
+    if settings.LANGUAGE_CODE not in codes:
+        messages.append(
+            Error(
+                f"LANGUAGE_CODE {settings.LANGUAGE_CODE!r} is not in LANGUAGES.",
+                hint="Alarms need a translation in LANGUAGE_CODE as the last fallback; "
+                "add it to LANGUAGES.",
+                id="alarms.E001",
+            )
+        )
+    config = get_config()
+    path = broker_path()
+    try:
+        broker_class = import_string(path)
+    except ImportError as exc:
+        messages.append(
+            Error(
+                f"ALARMS['BROKER'] {path!r} cannot be imported: {exc}.",
+                hint="Use 'alarms.broker.postgres.PostgresBroker' or "
+                "'alarms.broker.memory.MemoryBroker', or a subclass of BaseBroker.",
+                id="alarms.E002",
+            )
+        )
+    else:
+        if not (isinstance(broker_class, type) and issubclass(broker_class, BaseBroker)):
+            messages.append(
+                Error(f"ALARMS['BROKER'] {path!r} is not a BaseBroker subclass.", id="alarms.E002")
+            )
+        else:
+            messages.extend(broker_class.check())
+    alias = config["DATABASE"]
+    if alias not in settings.DATABASES:
+        messages.append(
+            Error(f"ALARMS['DATABASE'] {alias!r} is not in DATABASES.", id="alarms.E003")
+        )
+    if not getattr(settings, "ASGI_APPLICATION", None):
+        messages.append(
+            Warning(
+                "ASGI_APPLICATION is not set: the alarm stream needs an ASGI server.",
+                hint="Under WSGI every open stream holds a worker thread and a database "
+                "connection. Serve the site with daphne (add 'daphne' to INSTALLED_APPS "
+                "and set ASGI_APPLICATION).",
+                id="alarms.W001",
+            )
+        )
+    if config["_unknown"]:
+        messages.append(
+            Warning(
+                f"Unknown ALARMS keys: {', '.join(config['_unknown'])}.",
+                hint="See docs/settings.md for the keys the app reads.",
+                id="alarms.W002",
+            )
+        )
+    for key in ("HEARTBEAT", "MAX_LIFETIME", "POLL_INTERVAL"):
+        value = config[key]
+        if not isinstance(value, int | float) or value <= 0:
+            messages.append(
+                Error(
+                    f"ALARMS[{key!r}] must be a positive number, not {value!r}.", id="alarms.E004"
+                )
+            )
+    return messages

@@ -1,0 +1,55 @@
+"""The app's settings: one ``ALARMS`` dict merged over ``DEFAULTS``, read lazily."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from django.conf import settings
+from django.core.signals import setting_changed
+from django.dispatch import receiver
+
+DEFAULTS: dict[str, Any] = {
+    # Dotted path of the broker class; None picks PostgresBroker when DATABASE is
+    # PostgreSQL and MemoryBroker (in-process wake-ups plus polling) otherwise.
+    "BROKER": None,
+    # Database alias the broker reads and listens on.
+    "DATABASE": "default",
+    # Seconds between polls of the change journal when nothing wakes the broker
+    # (MemoryBroker: how soon a write from another process is seen). PostgresBroker
+    # uses SAFETY_POLL_INTERVAL instead: None means it never polls while idle.
+    "POLL_INTERVAL": 0.5,
+    "SAFETY_POLL_INTERVAL": None,
+    # PostgreSQL NOTIFY channel.
+    "CHANNEL": "alarms",
+    # Seconds between comment heartbeats on an idle stream.
+    "HEARTBEAT": 15,
+    # Reconnection delay sent to EventSource (milliseconds).
+    "RETRY_MS": 2000,
+    # Events buffered per stream before it is judged too slow and closed.
+    "QUEUE_SIZE": 256,
+    # Streams one signed-in user may hold in one process; the oldest is closed beyond it.
+    "MAX_STREAMS_PER_USER": 10,
+    # Streams one process holds at most; beyond it the stream answers 503.
+    "MAX_STREAMS": 20000,
+    # Seconds a stream lives before the server ends it (the client reconnects and resumes).
+    "MAX_LIFETIME": 3600,
+    # Threads (and so database connections) the broker uses for reads, including
+    # the per-connect loads of sessions, users and receipts.
+    "DB_THREADS": 1,
+}
+
+
+@cache
+def get_config() -> dict[str, Any]:
+    user = getattr(settings, "ALARMS", {}) or {}
+    unknown = set(user) - set(DEFAULTS)
+    config = {**DEFAULTS, **user}
+    config["_unknown"] = sorted(unknown)
+    return config
+
+
+@receiver(setting_changed)
+def _clear_config(*, setting: str, **kwargs: Any) -> None:
+    if setting in ("ALARMS", "DATABASES"):
+        get_config.cache_clear()

@@ -1,0 +1,72 @@
+"""The wire format: payload dicts in, Server-Sent Events bytes out, sanitised.
+
+Field values (event, id) lose CR, LF and NUL, which would end or corrupt a
+line; data is split into one ``data:`` line per line of text, so a conforming
+parser reads back exactly the text that was sent (WHATWG HTML, 9.2.6).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+_FIELD_UNSAFE = re.compile(r"[\r\n\0]")
+_LINES = re.compile(r"\r\n|\r|\n")
+
+
+def encode(
+    data: str | None = None,
+    *,
+    event: str | None = None,
+    id: str | None = None,
+    retry: int | None = None,
+) -> bytes:
+    lines: list[str] = []
+    if retry is not None:
+        lines.append(f"retry: {int(retry)}")
+    if id is not None:
+        lines.append(f"id: {_FIELD_UNSAFE.sub('', id)}")
+    if event is not None:
+        lines.append(f"event: {_FIELD_UNSAFE.sub('', event)}")
+    if data is not None:
+        # NUL is legal in data, but some parsers and proxies choke on it.
+        lines.extend(f"data: {line}" for line in _LINES.split(data.replace("\0", "\ufffd")))
+    return ("\n".join(lines) + "\n\n").encode()
+
+
+def comment(text: str = "") -> bytes:
+    return f": {_LINES.sub(' ', text)}\n\n".encode()
+
+
+def dumps(payload: dict[str, Any]) -> str:
+    # JSON escapes CR, LF and NUL inside strings, so a payload is one data line.
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+
+
+def alarm(payload: dict[str, Any], event_id: str) -> bytes:
+    return encode(dumps(payload), event="alarm", id=event_id)
+
+
+def retract(alarm_id: int, event_id: str) -> bytes:
+    return encode(dumps({"id": alarm_id}), event="retract", id=event_id)
+
+
+def dismiss(alarm_id: int, event_id: str) -> bytes:
+    return encode(dumps({"id": alarm_id}), event="dismiss", id=event_id)
+
+
+def format_event_id(seq: int, millis: int) -> str:
+    return f"{seq}-{millis}"
+
+
+def parse_event_id(raw: str | None) -> tuple[int, int] | None:
+    """``(journal sequence, unix milliseconds)`` from a Last-Event-ID, or None if malformed."""
+    if not raw or len(raw) > 64:
+        return None
+    seq, sep, millis = raw.strip().partition("-")
+    if not sep or not seq.isdigit() or not millis.isdigit() or not seq.isascii():
+        return None
+    if not millis.isascii():
+        return None
+    return int(seq), int(millis)

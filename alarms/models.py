@@ -1,0 +1,217 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import models
+from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
+
+from alarms.querysets import AlarmQuerySet
+from alarms.translation import language_choices
+from alarms.validators import validate_link
+
+
+class Level(models.TextChoices):
+    INFO = "info", _("Info")
+    SUCCESS = "success", _("Success")
+    WARNING = "warning", _("Warning")
+    ERROR = "error", _("Error")
+    CRITICAL = "critical", _("Critical")
+
+
+class Audience(models.TextChoices):
+    EVERYONE = "everyone", _("Everyone, including anonymous visitors")
+    AUTHENTICATED = "authenticated", _("Signed-in users")
+    STAFF = "staff", _("Staff")
+    SELECTED = "selected", _("Selected users and groups")
+
+
+class Alarm(models.Model):
+    level = models.CharField(_("level"), max_length=10, choices=Level, default=Level.INFO)
+    audience = models.CharField(
+        _("audience"), max_length=16, choices=Audience, default=Audience.AUTHENTICATED
+    )
+    users = models.ManyToManyField(
+        settings.AUTH_USER_MODEL,
+        verbose_name=_("users"),
+        blank=True,
+        related_name="targeted_alarms",
+        help_text=_("Only with the audience “Selected users and groups”."),
+    )
+    groups = models.ManyToManyField(
+        "auth.Group",
+        verbose_name=_("groups"),
+        blank=True,
+        related_name="targeted_alarms",
+        help_text=_("Only with the audience “Selected users and groups”."),
+    )
+    url = models.CharField(
+        _("link"),
+        max_length=2000,
+        blank=True,
+        validators=[validate_link],
+        help_text=_("Optional: an http(s) address or a path on this site."),
+    )
+    publish_at = models.DateTimeField(_("publish at"), default=timezone.now)
+    expires_at = models.DateTimeField(_("expires at"), null=True, blank=True)
+    withdrawn_at = models.DateTimeField(_("withdrawn at"), null=True, blank=True, editable=False)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        verbose_name=_("created by"),
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        editable=False,
+    )
+    created_at = models.DateTimeField(_("created at"), auto_now_add=True)
+    updated_at = models.DateTimeField(_("updated at"), auto_now=True)
+
+    objects = AlarmQuerySet.as_manager()
+
+    class Meta:
+        verbose_name = _("alarm")
+        verbose_name_plural = _("alarms")
+        ordering = ("-publish_at", "-id")
+        indexes = (
+            # "Live now": not withdrawn, published, not expired.
+            models.Index(
+                fields=("publish_at", "expires_at"),
+                condition=models.Q(withdrawn_at__isnull=True),
+                name="alarms_alarm_live_idx",
+            ),
+            models.Index(fields=("audience",), name="alarms_alarm_audience_idx"),
+        )
+        constraints = (
+            models.CheckConstraint(
+                condition=models.Q(expires_at__isnull=True)
+                | models.Q(expires_at__gt=models.F("publish_at")),
+                name="alarms_alarm_expires_after_publish",
+                violation_error_message=_("The expiry must come after the publication time."),
+            ),
+        )
+
+    def __str__(self) -> str:
+        translation = self.default_translation()
+        return translation.title if translation else f"Alarm #{self.pk}"
+
+    def clean(self) -> None:
+        if self.expires_at and self.publish_at and self.expires_at <= self.publish_at:
+            raise ValidationError(
+                {"expires_at": _("The expiry must come after the publication time.")}
+            )
+
+    def default_translation(self) -> AlarmTranslation | None:
+        if self.pk is None:
+            return None
+        translations = list(self.translations.all())
+        for t in translations:
+            if t.language_code == settings.LANGUAGE_CODE:
+                return t
+        return translations[0] if translations else None
+
+    @property
+    def status(self) -> str:
+        now = timezone.now()
+        if self.withdrawn_at:
+            return "withdrawn"
+        if self.publish_at > now:
+            return "scheduled"
+        if self.expires_at and self.expires_at <= now:
+            return "expired"
+        return "live"
+
+    def is_visible_to(self, user: Any) -> bool:
+        """The same rule as ``AlarmQuerySet.visible_to``, for an alarm already loaded."""
+        if self.audience == Audience.EVERYONE:
+            return True
+        if not getattr(user, "is_authenticated", False):
+            return False
+        if self.audience == Audience.AUTHENTICATED:
+            return True
+        if self.audience == Audience.STAFF:
+            return bool(user.is_staff)
+        return (
+            self.users.filter(pk=user.pk).exists()
+            or self.groups.filter(pk__in=user.groups.values("pk")).exists()
+        )
+
+
+class AlarmTranslation(models.Model):
+    alarm = models.ForeignKey(
+        Alarm, verbose_name=_("alarm"), on_delete=models.CASCADE, related_name="translations"
+    )
+    language_code = models.CharField(_("language"), max_length=15, choices=language_choices)
+    title = models.CharField(_("title"), max_length=200)
+    message = models.TextField(_("message"), max_length=10000)
+
+    class Meta:
+        verbose_name = _("translation")
+        verbose_name_plural = _("translations")
+        ordering = ("alarm", "language_code")
+        constraints = (
+            models.UniqueConstraint(
+                fields=("alarm", "language_code"),
+                name="alarms_translation_one_per_language",
+                violation_error_message=_("This alarm already has a translation in that language."),
+            ),
+        )
+
+    def __str__(self) -> str:
+        return f"{self.title} [{self.language_code}]"
+
+
+class AlarmReceipt(models.Model):
+    """What one user has done with one alarm: when it was first shown, when dismissed."""
+
+    alarm = models.ForeignKey(
+        Alarm, verbose_name=_("alarm"), on_delete=models.CASCADE, related_name="receipts"
+    )
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        verbose_name=_("user"),
+        on_delete=models.CASCADE,
+        related_name="alarm_receipts",
+    )
+    seen_at = models.DateTimeField(_("seen at"), null=True, blank=True)
+    dismissed_at = models.DateTimeField(_("dismissed at"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("receipt")
+        verbose_name_plural = _("receipts")
+        ordering = ("-id",)
+        constraints = (
+            # user first: every lookup is "this user's receipts".
+            models.UniqueConstraint(fields=("user", "alarm"), name="alarms_receipt_one_per_user"),
+        )
+
+    def __str__(self) -> str:
+        return f"{self.user} / {self.alarm_id}"
+
+
+class AlarmChange(models.Model):
+    """The change journal the broker follows: one row per write that streams must see.
+
+    Rows are numbered in commit order (see ``alarms.journal``), so "every row
+    after the last one I read" never skips a transaction that committed late.
+    The alarm id is a plain integer so that a deleted alarm's row survives.
+    """
+
+    class Kind(models.TextChoices):
+        ALARM = "alarm", _("alarm changed")
+        DISMISS = "dismiss", _("dismissed by a user")
+
+    alarm_id = models.BigIntegerField(_("alarm id"))
+    kind = models.CharField(_("kind"), max_length=8, choices=Kind, default=Kind.ALARM)
+    user_id = models.BigIntegerField(_("user id"), null=True, blank=True)
+    created_at = models.DateTimeField(_("created at"), default=timezone.now, db_index=True)
+
+    class Meta:
+        verbose_name = _("change")
+        verbose_name_plural = _("changes")
+        ordering = ("id",)
+
+    def __str__(self) -> str:
+        return f"#{self.pk} {self.kind} {self.alarm_id}"

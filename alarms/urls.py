@@ -1,0 +1,13 @@
+from __future__ import annotations
+
+from django.urls import path
+
+from alarms.views import receipts, stream
+
+app_name = "alarms"
+
+urlpatterns = [
+    path("stream/", stream.stream, name="stream"),
+    path("seen/", receipts.seen, name="seen"),
+    path("dismiss/", receipts.dismiss, name="dismiss"),
+]

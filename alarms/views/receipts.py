@@ -1,0 +1,57 @@
+"""``POST /alarms/seen/`` and ``POST /alarms/dismiss/``: what a user did with their toasts."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from django.http import HttpRequest, JsonResponse
+from django.views.decorators.http import require_POST
+
+from alarms import api
+
+MAX_BATCH = 200
+
+
+def _ids(request: HttpRequest) -> list[int]:
+    if request.content_type == "application/json":
+        try:
+            body = json.loads(request.body or b"{}")
+        except (ValueError, UnicodeDecodeError):
+            raise ValueError("The body is not valid JSON.") from None
+        raw: Any = body.get("ids") if isinstance(body, dict) else None
+    else:
+        raw = request.POST.getlist("ids")
+    if not isinstance(raw, list) or not raw:
+        raise ValueError("Send a non-empty list of alarm ids as 'ids'.")
+    if len(raw) > MAX_BATCH:
+        raise ValueError(f"At most {MAX_BATCH} ids per request.")
+    ids = []
+    for value in raw:
+        text = str(value)
+        if not text.isdigit() or len(text) > 18:
+            raise ValueError(f"Not an alarm id: {text[:40]!r}.")
+        ids.append(int(text))
+    return ids
+
+
+def _receipt_view(action: Callable[[Any, list[int]], int]) -> Callable[[HttpRequest], JsonResponse]:
+    @require_POST
+    def view(request: HttpRequest) -> JsonResponse:
+        if not request.user.is_authenticated:
+            return JsonResponse(
+                {"error": "Sign in to record alarms; visitors keep them in the browser."},
+                status=403,
+            )
+        try:
+            ids = _ids(request)
+        except ValueError as exc:
+            return JsonResponse({"error": str(exc)}, status=400)
+        return JsonResponse({"updated": action(request.user, ids)})
+
+    return view
+
+
+seen = _receipt_view(api.mark_seen)
+dismiss = _receipt_view(api.dismiss)
