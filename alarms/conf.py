@@ -37,6 +37,8 @@ DEFAULTS: dict[str, Any] = {
     # Threads (and so database connections) the broker uses for reads, including
     # the per-connect loads of sessions, users and receipts.
     "DB_THREADS": 1,
+    # Bearer token that may read /alarms/metrics/ besides staff users (None: staff only).
+    "METRICS_TOKEN": None,
 }
 
 

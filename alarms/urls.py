@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from alarms.views import receipts, stream
+from alarms.views import metrics, receipts, stream
 
 app_name = "alarms"
 
@@ -10,4 +10,5 @@ urlpatterns = [
     path("stream/", stream.stream, name="stream"),
     path("seen/", receipts.seen, name="seen"),
     path("dismiss/", receipts.dismiss, name="dismiss"),
+    path("metrics/", metrics.metrics, name="metrics"),
 ]

@@ -330,6 +330,7 @@ class BaseBroker:
     async def refresh(self) -> None:
         """Read the journal past ``head`` and the clock; push what changed."""
         rows, loaded = await self.run_db(self._read_changes, self.head)
+        self.stats["reads"] += 1
         while rows:
             self._apply(rows, loaded)
             if len(rows) < 10000:

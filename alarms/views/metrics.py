@@ -1,0 +1,65 @@
+"""``GET /alarms/metrics/``: the broker's counters in Prometheus text format."""
+
+from __future__ import annotations
+
+import hmac
+
+from django.http import HttpRequest, HttpResponse
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET
+
+from alarms.broker import get_broker
+from alarms.conf import get_config
+
+
+def _allowed(request: HttpRequest, user_is_staff: bool) -> bool:
+    token = get_config()["METRICS_TOKEN"]
+    given = request.headers.get("Authorization", "")
+    if token and hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+        return True
+    return user_is_staff
+
+
+@never_cache
+@require_GET
+async def metrics(request: HttpRequest) -> HttpResponse:
+    user = await request.auser()
+    if not _allowed(request, bool(getattr(user, "is_staff", False))):
+        return HttpResponse(
+            "Staff or the metrics token only.\n", status=403, content_type="text/plain"
+        )
+    broker = get_broker()
+    stats = broker.stats
+    lines = [
+        "# HELP alarms_streams_open Streams open in this process.",
+        "# TYPE alarms_streams_open gauge",
+        f"alarms_streams_open {len(broker.subscribers)}",
+        "# HELP alarms_users_streaming Signed-in users with a stream open in this process.",
+        "# TYPE alarms_users_streaming gauge",
+        f"alarms_users_streaming {len(broker.by_user)}",
+        "# HELP alarms_alarms_current Live or scheduled alarms the broker holds.",
+        "# TYPE alarms_alarms_current gauge",
+        f"alarms_alarms_current {len(broker.alarms)}",
+        "# HELP alarms_journal_position Last change journal row the broker has read.",
+        "# TYPE alarms_journal_position gauge",
+        f"alarms_journal_position {broker.head}",
+        "# HELP alarms_connects_total Streams opened.",
+        "# TYPE alarms_connects_total counter",
+        f"alarms_connects_total {stats['connects']}",
+        "# HELP alarms_events_total Events queued to streams.",
+        "# TYPE alarms_events_total counter",
+        f"alarms_events_total {stats['events']}",
+        "# HELP alarms_reads_total Journal reads by the broker.",
+        "# TYPE alarms_reads_total counter",
+        f"alarms_reads_total {stats['reads']}",
+        "# HELP alarms_notifications_total NOTIFY messages received.",
+        "# TYPE alarms_notifications_total counter",
+        f"alarms_notifications_total {stats['notifications']}",
+        "# HELP alarms_streams_closed_total Streams the server closed, by reason.",
+        "# TYPE alarms_streams_closed_total counter",
+    ]
+    for reason in ("slow", "replaced", "lifetime", "shutdown"):
+        lines.append(
+            f'alarms_streams_closed_total{{reason="{reason}"}} {stats["closed_" + reason]}'
+        )
+    return HttpResponse("\n".join(lines) + "\n", content_type="text/plain; version=0.0.4")

@@ -1,0 +1,24 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from django.db import connection
+
+(Path(__file__).resolve().parent.parent / "test-artifacts").mkdir(exist_ok=True)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Tests marked "postgres" need PostgreSQL. Where it is required (the
+    # PostgreSQL leg of the test script, and so CI) its absence is a failure of
+    # the whole run; elsewhere those tests are skipped with the reason.
+    on_postgres = connection.vendor == "postgresql"
+    if os.environ.get("ALARMS_REQUIRE_POSTGRES") == "1" and not on_postgres:
+        pytest.exit(
+            "ALARMS_REQUIRE_POSTGRES=1 but DATABASE_URL is not a PostgreSQL database.", returncode=3
+        )
+    skip = pytest.mark.skip(reason="needs PostgreSQL: set DATABASE_URL=postgres://...")
+    for item in items:
+        if "postgres" in item.keywords and not on_postgres:
+            item.add_marker(skip)

@@ -1,0 +1,154 @@
+"""Real servers for end-to-end tests: daphne processes on free ports, on the test database."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.db import connection
+from django.test import Client
+
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = ROOT / "test-artifacts"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def database_url() -> str:
+    """The test database, as the server processes must reach it."""
+    s = connection.settings_dict
+    if connection.vendor == "sqlite":
+        return f"sqlite:///{s['NAME']}"
+    auth = s["USER"] + (f":{s['PASSWORD']}" if s.get("PASSWORD") else "")
+    return f"postgres://{auth}@{s['HOST'] or 'localhost'}:{s['PORT'] or 5432}/{s['NAME']}"
+
+
+class Server:
+    """One daphne process serving config.asgi on 127.0.0.1."""
+
+    def __init__(self, alarms: dict[str, Any] | None = None, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.alarms = alarms or {}
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log = ARTIFACTS / f"daphne-{self.port}.log"
+
+    def env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "tests.e2e.server_settings",
+            "DATABASE_URL": database_url(),
+            "ALARMS_JSON": json.dumps(self.alarms),
+            "PYTHONUNBUFFERED": "1",
+        }
+
+    def start(self) -> Server:
+        log = self.log.open("ab")
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "daphne",
+                "-b",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "config.asgi:application",
+            ],
+            cwd=ROOT,
+            env=self.env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"daphne exited: {self.log.read_text()[-2000:]}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("daphne did not start listening in 20 s")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def restart(self) -> Server:
+        self.stop()
+        return self.start()
+
+    def manage(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run a management command in a separate process against the same database."""
+        return subprocess.run(
+            [sys.executable, "manage.py", *args],
+            cwd=ROOT,
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+
+
+@pytest.fixture
+def server_factory(transactional_db: None) -> Iterator[Callable[..., Server]]:
+    started: list[Server] = []
+
+    def make(**alarms: Any) -> Server:
+        server = Server(alarms).start()
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        server.stop(signal.SIGKILL)
+
+
+@pytest.fixture
+def server(server_factory: Callable[..., Server]) -> Server:
+    return server_factory()
+
+
+@pytest.fixture
+def session_cookie(transactional_db: None) -> Callable[[Any], tuple[str, str]]:
+    """A real session in the database for a user: (cookie name, value)."""
+
+    def make(user: Any) -> tuple[str, str]:
+        client = Client()
+        client.force_login(user)
+        return settings.SESSION_COOKIE_NAME, client.cookies[settings.SESSION_COOKIE_NAME].value
+
+    return make
+
+
+@pytest.fixture
+def make_user(transactional_db: None) -> Callable[..., Any]:
+    def make(username: str, **extra: Any) -> Any:
+        return get_user_model().objects.create_user(username, password="pw-" + username, **extra)
+
+    return make
