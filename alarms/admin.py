@@ -1,0 +1,321 @@
+"""Authoring alarms: one alarm, its translations inline, status and counts in the list."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.contrib import admin, messages
+from django.db import transaction
+from django.db.models import (
+    Case,
+    CharField,
+    Count,
+    Exists,
+    IntegerField,
+    OuterRef,
+    Q,
+    QuerySet,
+    Subquery,
+    Value,
+    When,
+)
+from django.db.models.functions import Coalesce, Now
+from django.http import HttpRequest
+from django.utils import timezone
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import SafeString
+from django.utils.translation import gettext_lazy as _
+from django.utils.translation import ngettext
+
+from alarms import api
+from alarms.forms import AlarmAdminForm, AlarmTranslationFormSet, language_name
+from alarms.models import Alarm, AlarmReceipt, AlarmTranslation
+from alarms.translation import choose_language, direction
+
+STATUS_LABELS = {
+    "scheduled": _("Scheduled"),
+    "live": _("Live"),
+    "expired": _("Expired"),
+    "withdrawn": _("Withdrawn"),
+}
+
+
+def _receipt_count(**filters: Any) -> Coalesce:
+    # A subquery per count: joins on receipts and translations in one query
+    # would multiply each other's rows.
+    counts = (
+        AlarmReceipt.objects.filter(alarm=OuterRef("pk"), **filters)
+        .order_by()
+        .values("alarm")
+        .annotate(n=Count("pk"))
+        .values("n")
+    )
+    return Coalesce(Subquery(counts, output_field=IntegerField()), 0)
+
+
+class StatusFilter(admin.SimpleListFilter):
+    title = _("status")
+    parameter_name = "status"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> tuple[tuple[str, Any], ...]:
+        return tuple(STATUS_LABELS.items())
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any] | None:
+        # The names of the values are the AlarmQuerySet methods that define them.
+        value = self.value()
+        return getattr(queryset, value)() if value in STATUS_LABELS else queryset
+
+
+class LanguageFilter(admin.SimpleListFilter):
+    title = _("language")
+    parameter_name = "language"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, Any]]:
+        has = [(code, name) for code, name in settings.LANGUAGES]
+        # "Missing X" finds the alarms that still need a translator.
+        missing = [
+            (f"-{code}", _("Missing %(language)s") % {"language": name})
+            for code, name in settings.LANGUAGES
+        ]
+        return has + missing
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any] | None:
+        value = self.value()
+        if not value:
+            return queryset
+        code = value.removeprefix("-")
+        translated = Exists(
+            AlarmTranslation.objects.filter(alarm=OuterRef("pk"), language_code=code)
+        )
+        return queryset.filter(~translated if value.startswith("-") else translated)
+
+
+class AlarmTranslationInline(admin.StackedInline):
+    model = AlarmTranslation
+    formset = AlarmTranslationFormSet
+    fields = ("language_code", "title", "message")
+    min_num = 0
+
+    def get_extra(self, request: HttpRequest, obj: Alarm | None = None, **kwargs: Any) -> int:
+        present = obj.translations.count() if obj is not None and obj.pk else 0
+        return max(len(settings.LANGUAGES) - present, 0)
+
+    def get_max_num(self, request: HttpRequest, obj: Alarm | None = None, **kwargs: Any) -> int:
+        return len(settings.LANGUAGES)
+
+
+@admin.register(Alarm)
+class AlarmAdmin(admin.ModelAdmin):
+    form = AlarmAdminForm
+    inlines = (AlarmTranslationInline,)
+    list_display = (
+        "__str__",
+        "status_display",
+        "level",
+        "audience",
+        "languages_present",
+        "languages_missing",
+        "seen_count",
+        "dismissed_count",
+        "publish_at",
+        "expires_at",
+    )
+    list_filter = (StatusFilter, "level", "audience", LanguageFilter)
+    search_fields = ("translations__title", "translations__message")
+    date_hierarchy = "publish_at"
+    filter_horizontal = ("users", "groups")
+    readonly_fields = ("preview", "withdrawn_at", "created_by", "created_at", "updated_at")
+    actions = ("withdraw_now", "duplicate_as_draft")
+    fieldsets = (
+        (None, {"fields": ("level", "audience", "publish_at", "expires_at", "withdrawn")}),
+        (
+            _("Selected users and groups"),
+            {
+                "classes": ("collapse",),
+                "fields": ("users", "groups"),
+                "description": _("Only with the audience “Selected users and groups”."),
+            },
+        ),
+        (_("Link"), {"classes": ("collapse",), "fields": ("url",)}),
+        (_("Preview"), {"fields": ("preview",)}),
+        (
+            _("History"),
+            {
+                "classes": ("collapse",),
+                "fields": ("withdrawn_at", "created_by", "created_at", "updated_at"),
+            },
+        ),
+    )
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Alarm]:
+        now = Now()
+        return (
+            super()
+            .get_queryset(request)
+            .prefetch_related("translations")
+            .annotate(
+                status_code=Case(
+                    When(withdrawn_at__isnull=False, then=Value("withdrawn")),
+                    When(publish_at__gt=now, then=Value("scheduled")),
+                    When(Q(expires_at__isnull=False, expires_at__lte=now), then=Value("expired")),
+                    default=Value("live"),
+                    output_field=CharField(),
+                ),
+                seen=_receipt_count(seen_at__isnull=False),
+                dismissed=_receipt_count(dismissed_at__isnull=False),
+            )
+        )
+
+    # -- change list columns -----------------------------------------------
+
+    @admin.display(description=_("status"), ordering="status_code")
+    def status_display(self, obj: Alarm) -> str:
+        return str(STATUS_LABELS[getattr(obj, "status_code", None) or obj.status])
+
+    @admin.display(description=_("languages"))
+    def languages_present(self, obj: Alarm) -> str:
+        present = {t.language_code for t in obj.translations.all()}
+        return ", ".join(code for code, _name in settings.LANGUAGES if code in present)
+
+    @admin.display(description=_("missing"))
+    def languages_missing(self, obj: Alarm) -> str:
+        present = {t.language_code for t in obj.translations.all()}
+        return ", ".join(code for code, _name in settings.LANGUAGES if code not in present)
+
+    @admin.display(description=_("seen"), ordering="seen")
+    def seen_count(self, obj: Alarm) -> int:
+        return getattr(obj, "seen", 0)
+
+    @admin.display(description=_("dismissed"), ordering="dismissed")
+    def dismissed_count(self, obj: Alarm) -> int:
+        return getattr(obj, "dismissed", 0)
+
+    # -- change form -------------------------------------------------------
+
+    @admin.display(description=_("Preview"))
+    def preview(self, obj: Alarm) -> SafeString | str:
+        if obj.pk is None:
+            return _("Save the alarm to see how it reads in each language.")
+        translations = {t.language_code: t for t in obj.translations.all()}
+        if not translations:
+            return _("No translations yet.")
+        rows = []
+        for code, name in settings.LANGUAGES:
+            chosen = choose_language(code, translations)
+            if chosen is None:
+                continue
+            t = translations[chosen]
+            if chosen == code:
+                note = ""
+            else:
+                note = _("No %(language)s translation: these readers get %(fallback)s.") % {
+                    "language": name,
+                    "fallback": language_name(chosen),
+                }
+            rows.append((name, note, chosen, direction(chosen), obj.level, t.title, t.message))
+        # Every piece of alarm text goes through format_html's escaping.
+        return format_html(
+            '<div class="alarms-admin-preview">{}</div>',
+            format_html_join(
+                "",
+                '<section style="margin:0 0 1em"><h4>{} <small>{}</small></h4>'
+                '<div lang="{}" dir="{}" class="alarms-admin-preview-{}" '
+                'style="border:1px solid var(--hairline-color,#ccc);padding:.5em 1em;'
+                'max-width:40em"><strong>{}</strong>'
+                '<p style="white-space:pre-line;margin:.25em 0 0">{}</p></div></section>',
+                rows,
+            ),
+        )
+
+    def save_model(self, request: HttpRequest, obj: Alarm, form: Any, change: bool) -> None:
+        if not change:
+            obj.created_by = request.user
+        withdrawn = form.cleaned_data.get("withdrawn", False)
+        if withdrawn and obj.withdrawn_at is None:
+            obj.withdrawn_at = timezone.now()
+        elif not withdrawn:
+            obj.withdrawn_at = None
+        super().save_model(request, obj, form, change)
+
+    # -- actions -----------------------------------------------------------
+
+    @admin.action(description=_("Withdraw now"), permissions=("change",))
+    def withdraw_now(self, request: HttpRequest, queryset: QuerySet[Alarm]) -> None:
+        # Through the API: it writes the change journal that open streams follow.
+        count = api.withdraw(queryset)
+        self.message_user(
+            request,
+            ngettext(
+                "Withdrew %(count)d alarm; open pages remove it now.",
+                "Withdrew %(count)d alarms; open pages remove them now.",
+                count,
+            )
+            % {"count": count},
+            messages.SUCCESS,
+        )
+
+    @admin.action(description=_("Duplicate as a new draft"), permissions=("add",))
+    def duplicate_as_draft(self, request: HttpRequest, queryset: QuerySet[Alarm]) -> None:
+        now = timezone.now()
+        copies = []
+        with transaction.atomic():
+            for alarm in queryset.prefetch_related("translations", "users", "groups"):
+                window = alarm.expires_at - alarm.publish_at if alarm.expires_at else None
+                # Withdrawn, so the copy can never go live before an operator publishes it.
+                copy = Alarm.objects.create(
+                    level=alarm.level,
+                    audience=alarm.audience,
+                    url=alarm.url,
+                    publish_at=now,
+                    expires_at=now + window if window else None,
+                    withdrawn_at=now,
+                    created_by=request.user,
+                )
+                AlarmTranslation.objects.bulk_create(
+                    AlarmTranslation(
+                        alarm=copy, language_code=t.language_code, title=t.title, message=t.message
+                    )
+                    for t in alarm.translations.all()
+                )
+                copy.users.set(alarm.users.all())
+                copy.groups.set(alarm.groups.all())
+                copies.append(copy)
+        self.message_user(
+            request,
+            ngettext(
+                "Copied %(count)d alarm with its translations and audience as a withdrawn "
+                "draft (%(ids)s): nobody sees it until you untick “Withdrawn” and save.",
+                "Copied %(count)d alarms with their translations and audiences as withdrawn "
+                "drafts (%(ids)s): nobody sees them until you untick “Withdrawn” and save.",
+                len(copies),
+            )
+            % {"count": len(copies), "ids": ", ".join(f"#{c.pk}" for c in copies)},
+            messages.SUCCESS,
+        )
+
+
+@admin.register(AlarmReceipt)
+class AlarmReceiptAdmin(admin.ModelAdmin):
+    """Read-only: receipts are written by readers, never by operators."""
+
+    list_display = ("alarm", "user", "seen_at", "dismissed_at")
+    list_filter = (
+        ("seen_at", admin.EmptyFieldListFilter),
+        ("dismissed_at", admin.EmptyFieldListFilter),
+    )
+    list_select_related = ("alarm", "user")
+    search_fields = ("user__username", "alarm__translations__title")
+    raw_id_fields = ("alarm", "user")
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[AlarmReceipt]:
+        return super().get_queryset(request).prefetch_related("alarm__translations")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False

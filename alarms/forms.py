@@ -1,0 +1,121 @@
+"""Admin forms: the alarm and its inline translations, validated together."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.forms.models import BaseInlineFormSet
+from django.utils.translation import gettext_lazy as _
+
+from alarms.models import Alarm, Audience
+
+
+def language_name(code: str) -> str:
+    return str(dict(settings.LANGUAGES).get(code, code))
+
+
+class AlarmAdminForm(forms.ModelForm):
+    # withdrawn_at is not editable on the model; the checkbox sets or clears it
+    # so that a draft (see the "duplicate" action) can be published from here.
+    withdrawn = forms.BooleanField(
+        label=_("Withdrawn"),
+        required=False,
+        help_text=_(
+            "Ticked: nobody sees the alarm, and open pages remove it at once. "
+            "Untick to publish a draft."
+        ),
+    )
+
+    class Meta:
+        model = Alarm
+        fields = ("level", "audience", "users", "groups", "url", "publish_at", "expires_at")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["withdrawn"].initial = self.instance.withdrawn_at is not None
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        audience = cleaned.get("audience")
+        users = cleaned.get("users")
+        groups = cleaned.get("groups")
+        has_targets = bool(users) or bool(groups)
+        if audience == Audience.SELECTED and not has_targets:
+            self.add_error(
+                "audience",
+                _(
+                    "Choose at least one user or group for the audience "
+                    "“Selected users and groups”."
+                ),
+            )
+        elif audience and audience != Audience.SELECTED and has_targets:
+            message = _(
+                "Users and groups only apply to the audience “Selected users and groups”: "
+                "clear them or change the audience."
+            )
+            for name, value in (("users", users), ("groups", groups)):
+                if value:
+                    self.add_error(name, message)
+        return cleaned
+
+
+class AlarmTranslationFormSet(BaseInlineFormSet):
+    """One row per site language; the default language required, none twice.
+
+    Extra rows come prefilled with the languages the alarm does not have yet;
+    a prefilled row left without title and message is unchanged, so ignored.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        instance = kwargs.get("instance")
+        present: set[str] = set()
+        if instance is not None and instance.pk is not None:
+            present = set(instance.translations.values_list("language_code", flat=True))
+        kwargs.setdefault(
+            "initial",
+            [{"language_code": code} for code, _name in settings.LANGUAGES if code not in present],
+        )
+        super().__init__(*args, **kwargs)
+
+    def clean(self) -> None:
+        if any(self.errors):
+            # Rows with their own errors say so; the checks below need clean rows.
+            return
+        seen: set[str] = set()
+        duplicates: list[str] = []
+        for form in self.forms:
+            if not form.has_changed() and form.instance.pk is None:
+                continue
+            if self.can_delete and self._should_delete_form(form):
+                continue
+            code = form.cleaned_data.get("language_code")
+            if not code:
+                continue
+            if code in seen and code not in duplicates:
+                duplicates.append(code)
+            seen.add(code)
+        errors = [
+            ValidationError(
+                _("There are two translations in %(language)s: keep one."),
+                code="duplicate_language",
+                params={"language": language_name(code)},
+            )
+            for code in duplicates
+        ]
+        if settings.LANGUAGE_CODE not in seen:
+            errors.append(
+                ValidationError(
+                    _(
+                        "A translation in %(language)s, the default language of the site, is "
+                        "required: readers without their own language get it."
+                    ),
+                    code="default_language_missing",
+                    params={"language": language_name(settings.LANGUAGE_CODE)},
+                )
+            )
+        if errors:
+            raise ValidationError(errors)
+        super().clean()
