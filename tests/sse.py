@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -72,7 +73,11 @@ def parse(text: str) -> list[Event]:
 
 
 class Stream:
-    """One open ``text/event-stream`` response, read event by event."""
+    """One open ``text/event-stream`` response over a raw socket, read event by event.
+
+    A raw socket (not http.client) so that a read that times out leaves the
+    stream usable: tests wait for "nothing comes" as often as for events.
+    """
 
     def __init__(
         self,
@@ -83,17 +88,65 @@ class Stream:
         timeout: float = 10.0,
     ) -> None:
         parts = urlsplit(url)
-        self.conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
-        all_headers = {"Accept": "text/event-stream", **(headers or {})}
+        self.sock = socket.create_connection((parts.hostname, parts.port), timeout=timeout)
+        all_headers = {"Host": parts.netloc, "Accept": "text/event-stream", **(headers or {})}
         if cookies:
             all_headers["Cookie"] = "; ".join(f"{k}={v}" for k, v in cookies.items())
         path = parts.path + (f"?{parts.query}" if parts.query else "")
-        self.conn.request("GET", path, headers=all_headers)
-        self.response = self.conn.getresponse()
-        self.status = self.response.status
-        self.headers = self.response.headers
+        head = f"GET {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in all_headers.items())
+        self.sock.sendall(head.encode("utf-8") + b"\r\n")
+        self._raw = bytearray()  # bytes off the socket, not yet de-chunked
+        self._body = bytearray()  # de-chunked body, not yet parsed into lines
+        self._eof = False
+        while b"\r\n\r\n" not in self._raw:
+            self._recv(time.monotonic() + timeout)
+            if self._eof:
+                raise EOFError("no response")
+        head_bytes, _, rest = bytes(self._raw).partition(b"\r\n\r\n")
+        self._raw = bytearray(rest)
+        status_line, *header_lines = head_bytes.decode("latin-1").split("\r\n")
+        self.status = int(status_line.split()[1])
+        self.headers = http.client.HTTPMessage()
+        for line in header_lines:
+            name, _, value = line.partition(":")
+            self.headers[name.strip()] = value.strip()
+        self.chunked = self.headers.get("Transfer-Encoding", "").lower() == "chunked"
         self.parser = Parser()
         self.closed = False
+
+    def _recv(self, deadline: float) -> None:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("no event in time")
+        self.sock.settimeout(remaining)
+        try:
+            data = self.sock.recv(65536)
+        except TimeoutError:
+            raise TimeoutError("no event in time") from None
+        except OSError:
+            data = b""
+        if not data:
+            self._eof = True
+        self._raw += data
+
+    def _dechunk(self) -> None:
+        if not self.chunked:
+            self._body += self._raw
+            self._raw.clear()
+            return
+        while True:
+            size_end = self._raw.find(b"\r\n")
+            if size_end < 0:
+                return
+            size = int(bytes(self._raw[:size_end]).split(b";")[0], 16)
+            if size == 0:
+                self._eof = True
+                return
+            if len(self._raw) < size_end + 2 + size + 2:
+                return
+            start = size_end + 2
+            self._body += self._raw[start : start + size]
+            del self._raw[: start + size + 2]
 
     @property
     def last_event_id(self) -> str:
@@ -103,20 +156,19 @@ class Stream:
         """The next event; TimeoutError if none comes in time, EOFError if the server closed."""
         deadline = time.monotonic() + timeout
         while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError("no event in time")
-            self.conn.sock.settimeout(remaining)
-            try:
-                raw = self.response.readline()
-            except TimeoutError:
-                raise TimeoutError("no event in time") from None
-            if not raw:
+            self._dechunk()
+            newline = self._body.find(b"\n")
+            if newline >= 0:
+                line = bytes(self._body[:newline]).decode().rstrip("\r")
+                del self._body[: newline + 1]
+                event = self.parser.feed_line(line)
+                if event is not None:
+                    return event
+                continue
+            if self._eof:
                 self.closed = True
                 raise EOFError("the server closed the stream")
-            event = self.parser.feed_line(raw.decode().rstrip("\r\n"))
-            if event is not None:
-                return event
+            self._recv(deadline)
 
     def events(self, count: int, timeout: float = 5.0) -> list[Event]:
         return [self.next_event(timeout) for _ in range(count)]
@@ -131,7 +183,7 @@ class Stream:
                 return found
 
     def close(self) -> None:
-        self.conn.close()
+        self.sock.close()
 
     def __enter__(self) -> Stream:
         return self

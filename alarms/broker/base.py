@@ -342,8 +342,9 @@ class BaseBroker:
         now = timezone.now()
         self.head = rows[-1][0]
         event_id = events.format_event_id(self.head, _millis())
-        changed = {a for _i, a, kind, _u in rows if kind == "alarm"}
-        for alarm_id in sorted(changed):
+        # In journal order of each alarm's last change: a replayed burst reads as written.
+        changed = {a: i for i, a, kind, _u in rows if kind == "alarm"}
+        for alarm_id in sorted(changed, key=changed.__getitem__):
             old = self.alarms.pop(alarm_id, None)
             new = loaded.get(alarm_id)
             if new is not None:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import time
+from datetime import timedelta
 
 import pytest
+from django.utils import timezone
 
 from alarms import api
+from alarms.models import Alarm
 from tests.sse import Stream
 
 pytestmark = pytest.mark.e2e
@@ -61,3 +64,278 @@ def test_delivery_in_each_users_language(server, make_user, session_cookie):
     finally:
         for stream in streams.values():
             stream.close()
+
+
+def en(title: str, message: str = "Body") -> dict[str, dict[str, str]]:
+    return {"en": {"title": title, "message": message}}
+
+
+def metric(server, name: str, token: str = "t0ken") -> float:
+    import urllib.request
+
+    request = urllib.request.Request(
+        f"{server.url}/alarms/metrics/", headers={"Authorization": f"Bearer {token}"}
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    raise AssertionError(f"no metric {name}")
+
+
+def wait_for(predicate, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.05)
+
+
+def test_connect_sends_what_the_user_should_still_see(server, make_user, session_cookie):
+    user = make_user("ann")
+    seen = api.send_alarm(en("Seen already"))
+    dismissed = api.send_alarm(en("Dismissed"), level="critical")
+    critical_seen = api.send_alarm(en("Critical, seen"), level="critical")
+    fresh = api.send_alarm(en("Fresh"))
+    api.send_alarm(
+        en("Expired"),
+        publish_at=timezone.now() - timedelta(hours=2),
+        expires_at=timezone.now() - timedelta(hours=1),
+    )
+    api.send_alarm(en("Later"), publish_at=timezone.now() + timedelta(hours=1))
+    withdrawn = api.send_alarm(en("Withdrawn"))
+    api.withdraw([withdrawn])
+    api.mark_seen(user, [seen.pk, critical_seen.pk])
+    api.dismiss(user, [dismissed.pk])
+    with open_stream(server, session_cookie(user)) as stream:
+        got = [e.json()["title"] for e in stream.drain(0.7)]
+    assert sorted(got) == ["Critical, seen", "Fresh"]
+    assert fresh.pk
+
+
+def test_last_event_id_resumes_with_nothing_missed_and_nothing_twice(
+    server, make_user, session_cookie
+):
+    user = make_user("ben")
+    cookie = session_cookie(user)
+    first = api.send_alarm(en("First"))
+    with open_stream(server, cookie) as stream:
+        assert stream.next_event(3).json()["id"] == first.pk
+        last_id = stream.last_event_id
+    second = api.send_alarm(en("Second"))
+    later = api.send_alarm(en("Third"))
+    api.withdraw([first])
+    with open_stream(server, cookie, **{"Last-Event-ID": last_id}) as stream:
+        got = [(e.event, e.json()["id"]) for e in stream.drain(0.7)]
+    assert got == [("alarm", second.pk), ("alarm", later.pk), ("retract", first.pk)]
+
+
+@pytest.mark.parametrize("bad", ["garbage", "99999999-1", "-1", "1-2-3", "x" * 5000, "²-3"])
+def test_malformed_or_unknown_last_event_id_degrades_to_replay(
+    server, make_user, session_cookie, bad
+):
+    user = make_user("cat")
+    alarm = api.send_alarm(en("Still live"))
+    with open_stream(server, session_cookie(user), **{"Last-Event-ID": bad}) as stream:
+        assert [e.json()["id"] for e in stream.drain(0.5)] == [alarm.pk]
+
+
+def test_withdraw_retracts_and_edit_resends_same_id(server, make_user, session_cookie):
+    user = make_user("dan")
+    with open_stream(server, session_cookie(user)) as stream:
+        alarm = api.send_alarm(en("Original"))
+        assert stream.next_event(3).json()["title"] == "Original"
+        translation = alarm.translations.get(language_code="en")
+        translation.title = "Edited"
+        translation.save()
+        event = stream.next_event(3)
+        assert (event.event, event.json()["id"], event.json()["title"]) == (
+            "alarm",
+            alarm.pk,
+            "Edited",
+        )
+        api.withdraw([alarm])
+        event = stream.next_event(3)
+        assert (event.event, event.json()) == ("retract", {"id": alarm.pk})
+
+
+def test_scheduled_alarm_appears_and_expires_without_a_write(server, make_user, session_cookie):
+    user = make_user("eve")
+    now = timezone.now()
+    alarm = api.send_alarm(
+        en("Soon"), publish_at=now + timedelta(seconds=1.5), expires_at=now + timedelta(seconds=3)
+    )
+    with open_stream(server, session_cookie(user)) as stream:
+        with pytest.raises(TimeoutError):
+            stream.next_event(1.0)
+        event = stream.next_event(2)
+        assert (event.event, event.json()["id"]) == ("alarm", alarm.pk)
+        assert timezone.now() >= alarm.publish_at
+        event = stream.next_event(3)
+        assert (event.event, event.json()["id"]) == ("retract", alarm.pk)
+        assert timezone.now() >= alarm.expires_at
+
+
+def test_nobody_receives_another_users_alarm(server, make_user, session_cookie):
+    from django.contrib.auth.models import Group
+
+    alice, bob, staff = make_user("alice"), make_user("bob"), make_user("sam", is_staff=True)
+    night = Group.objects.create(name="Night")
+    bob.groups.add(night)
+    streams = {
+        name: open_stream(server, session_cookie(user))
+        for name, user in {"alice": alice, "bob": bob, "staff": staff}.items()
+    }
+    anonymous = open_stream(server)
+    try:
+        api.send_alarm(en("For alice"), users=[alice])
+        api.send_alarm(en("For night"), groups=[night])
+        api.send_alarm(en("For staff"), audience="staff")
+        api.send_alarm(en("Signed in"), audience="authenticated")
+        api.send_alarm(en("Everyone"), audience="everyone")
+        got = {name: sorted(e.json()["title"] for e in s.drain(1.0)) for name, s in streams.items()}
+        got["anonymous"] = sorted(e.json()["title"] for e in anonymous.drain(0.3))
+    finally:
+        for s in [*streams.values(), anonymous]:
+            s.close()
+    assert got == {
+        "alice": ["Everyone", "For alice", "Signed in"],
+        "bob": ["Everyone", "For night", "Signed in"],
+        "staff": ["Everyone", "For staff", "Signed in"],
+        "anonymous": ["Everyone"],
+    }
+
+
+def test_dismiss_elsewhere_reaches_the_users_other_streams(server, make_user, session_cookie):
+    user, other = make_user("fay"), make_user("gus")
+    alarm = api.send_alarm(en("Both"))
+    with (
+        open_stream(server, session_cookie(user)) as mine,
+        open_stream(server, session_cookie(other)) as theirs,
+    ):
+        assert mine.next_event(3).json()["id"] == alarm.pk
+        assert theirs.next_event(3).json()["id"] == alarm.pk
+        api.dismiss(user, [alarm.pk])
+        event = mine.next_event(3)
+        assert (event.event, event.json()) == ("dismiss", {"id": alarm.pk})
+        assert theirs.drain(0.5) == []
+
+
+def test_language_override_and_fallback(server, make_user, session_cookie):
+    user = make_user("hal")
+    api.send_alarm(
+        {"en": {"title": "Hello", "message": "m"}, "ar": {"title": "مرحبا", "message": "م"}}
+    )
+    cookie = session_cookie(user)
+    with Stream(f"{server.url}/alarms/stream/?lang=ar", cookies=dict([cookie])) as stream:
+        data = stream.next_event(3).json()
+        assert (data["language"], data["dir"], data["title"]) == ("ar", "rtl", "مرحبا")
+    # Japanese reader, no Japanese text: LANGUAGE_CODE.
+    with open_stream(server, cookie, **{"Accept-Language": "ja"}) as stream:
+        data = stream.next_event(3).json()
+        assert (data["language"], data["dir"]) == ("en", "ltr")
+    # An unknown ?lang= is ignored, not an error.
+    with Stream(
+        f"{server.url}/alarms/stream/?lang=xx-evil%0d%0a",
+        cookies={"django_language": "ar", cookie[0]: cookie[1]},
+    ) as stream:
+        assert stream.status == 200
+        assert stream.next_event(3).json()["language"] == "ar"
+
+
+def test_disconnect_frees_the_stream(server_factory, make_user, session_cookie):
+    server = server_factory(METRICS_TOKEN="t0ken")
+    user = make_user("ida")
+    streams = [open_stream(server, session_cookie(user)) for _ in range(5)]
+    wait_for(lambda: metric(server, "alarms_streams_open") == 5)
+    for stream in streams:
+        stream.close()
+    wait_for(lambda: metric(server, "alarms_streams_open") == 0)
+
+
+def test_per_user_cap_closes_the_oldest(server_factory, make_user, session_cookie):
+    server = server_factory(METRICS_TOKEN="t0ken", MAX_STREAMS_PER_USER=2)
+    cookie = session_cookie(make_user("jo"))
+    oldest, middle = open_stream(server, cookie), open_stream(server, cookie)
+    newest = open_stream(server, cookie)
+    try:
+        with pytest.raises(EOFError):
+            oldest.next_event(3)
+        assert "closed: replaced" in oldest.parser.comments
+        wait_for(lambda: metric(server, "alarms_streams_open") == 2)
+    finally:
+        for s in (oldest, middle, newest):
+            s.close()
+
+
+def test_process_cap_answers_503(server_factory):
+    server = server_factory(MAX_STREAMS=1)
+    with open_stream(server):
+        full = Stream(f"{server.url}/alarms/stream/")
+        assert full.status == 503
+        assert int(full.headers["Retry-After"]) > 0
+        full.close()
+
+
+def test_lifetime_ends_the_stream_and_resume_loses_nothing(
+    server_factory, make_user, session_cookie
+):
+    server = server_factory(MAX_LIFETIME=1)
+    cookie = session_cookie(make_user("kim"))
+    with open_stream(server, cookie) as stream:
+        with pytest.raises(EOFError):
+            stream.drain(2)
+        last_id = stream.last_event_id
+    assert "closed: lifetime" in stream.parser.comments
+    alarm = api.send_alarm(en("While away"))
+    with open_stream(server, cookie, **{"Last-Event-ID": last_id}) as stream:
+        assert stream.next_event(3).json()["id"] == alarm.pk
+
+
+def test_replay_after_server_restart(server, make_user, session_cookie):
+    cookie = session_cookie(make_user("lee"))
+    with open_stream(server, cookie) as stream:
+        first = api.send_alarm(en("Before"))
+        assert stream.next_event(3).json()["id"] == first.pk
+        last_id = stream.last_event_id
+    server.stop()
+    during = api.send_alarm(en("While down"))
+    server.start()
+    with open_stream(server, cookie, **{"Last-Event-ID": last_id}) as stream:
+        assert [e.json()["id"] for e in stream.drain(0.7)] == [during.pk]
+
+
+def test_gzip_middleware_leaves_the_stream_alone(server_factory, tmp_path):
+    server = server_factory()
+    server.stop()
+    # The same server with GZipMiddleware first in MIDDLEWARE.
+    settings_file = tmp_path / "gzip_settings.py"
+    settings_file.write_text(
+        "from tests.e2e.server_settings import *\n"
+        "MIDDLEWARE = ['django.middleware.gzip.GZipMiddleware', *MIDDLEWARE]\n"
+    )
+    import os
+    import sys
+
+    env = server.env
+    server.env = lambda: {
+        **env(),
+        "DJANGO_SETTINGS_MODULE": "gzip_settings",
+        "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path]),
+    }
+    server.start()
+    alarm = api.send_alarm(en("Plain"), audience="everyone")
+    with open_stream(server, **{"Accept-Encoding": "gzip"}) as stream:
+        assert "Content-Encoding" not in stream.headers
+        assert stream.next_event(3).json()["id"] == alarm.pk
+
+
+def test_two_processes_and_a_command(server_factory, make_user, session_cookie):
+    one, two = server_factory(), server_factory()
+    cookie = session_cookie(make_user("max"))
+    with open_stream(one, cookie) as a, open_stream(two, cookie) as b:
+        time.sleep(0.2)
+        one.manage("send_alarm", "--translation", "en", "From a command", "Sent elsewhere")
+        assert a.next_event(3).json()["title"] == "From a command"
+        assert b.next_event(3).json()["title"] == "From a command"
+    assert Alarm.objects.count() == 1
