@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.core.checks import run_checks
+from django.db import connection
+from django.test import override_settings
+
+from alarms.checks import check_settings
+
+
+def ids() -> list[str]:
+    return [message.id for message in check_settings()]
+
+
+def test_the_test_settings_pass() -> None:
+    assert ids() == []
+
+
+@override_settings(LANGUAGE_CODE="fr")
+def test_e001_language_code_not_in_languages() -> None:
+    messages = check_settings()
+
+    assert [m.id for m in messages] == ["alarms.E001"]
+    assert "'fr' is not in LANGUAGES" in messages[0].msg
+
+
+@override_settings(LANGUAGE_CODE="fr")
+def test_checks_are_registered() -> None:
+    assert "alarms.E001" in [m.id for m in run_checks()]
+
+
+@override_settings(ALARMS={"BROKER": "alarms.broker.nowhere.Broker"})
+def test_e002_broker_cannot_be_imported() -> None:
+    messages = check_settings()
+
+    assert [m.id for m in messages] == ["alarms.E002"]
+    assert "'alarms.broker.nowhere.Broker' cannot be imported" in messages[0].msg
+
+
+@override_settings(ALARMS={"BROKER": "django.contrib.auth.models.User"})
+def test_e002_broker_is_not_a_broker() -> None:
+    messages = check_settings()
+
+    assert [m.id for m in messages] == ["alarms.E002"]
+    assert "is not a BaseBroker subclass" in messages[0].msg
+
+
+@override_settings(ALARMS={"DATABASE": "elsewhere"})
+def test_e003_unknown_database() -> None:
+    assert "alarms.E003" in ids()
+
+
+@pytest.mark.parametrize("key", ("HEARTBEAT", "MAX_LIFETIME", "POLL_INTERVAL"))
+@pytest.mark.parametrize("value", (0, -1, "15"))
+def test_e004_bad_numbers(key: str, value: Any) -> None:
+    with override_settings(ALARMS={key: value}):
+        messages = check_settings()
+
+    assert [m.id for m in messages] == ["alarms.E004"]
+    assert key in messages[0].msg
+
+
+@override_settings(ALARMS={"BROKER": "alarms.broker.postgres.PostgresBroker"})
+def test_e005_postgres_broker_needs_postgres() -> None:
+    expected = [] if connection.vendor == "postgresql" else ["alarms.E005"]
+
+    assert ids() == expected
+
+
+@override_settings(ASGI_APPLICATION=None)
+def test_w001_no_asgi() -> None:
+    assert ids() == ["alarms.W001"]
+
+
+@override_settings(ALARMS={"HEARTBAET": 5, "POLL_INTERVAL": 1})
+def test_w002_unknown_key() -> None:
+    messages = check_settings()
+
+    assert [m.id for m in messages] == ["alarms.W002"]
+    assert "HEARTBAET" in messages[0].msg
+    assert "POLL_INTERVAL" not in messages[0].msg
