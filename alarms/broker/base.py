@@ -191,8 +191,10 @@ class BaseBroker:
         """System-check messages for this broker under the current settings."""
         return []
 
-    async def wait_for_wake(self, within: float | None) -> None:
-        """Return when something may have changed, or after ``within`` seconds."""
+    async def wait_for_wake(self, within: float | None) -> bool:
+        """Wait until something may have changed, or ``within`` seconds (the next
+        scheduled publication or expiry) have passed. Return True when the
+        journal should be read, False when only the clock moved."""
         raise NotImplementedError
 
     async def on_start(self) -> None:
@@ -236,6 +238,20 @@ class BaseBroker:
                 await self._task
         await self.on_stop()
         self._task = None
+        await self._close_connections()
+
+    async def _close_connections(self) -> None:
+        # Each database thread closes its own connections (they are thread-local).
+        workers = self.config["DB_THREADS"]
+        barrier = threading.Barrier(workers)
+
+        def close() -> None:
+            with contextlib.suppress(threading.BrokenBarrierError):
+                barrier.wait(5)
+            connections.close_all()
+
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(*(loop.run_in_executor(self._executor, close) for _ in range(workers)))
 
     def wake(self) -> None:
         """Ask for a read soon. Safe to call from any thread."""
@@ -315,9 +331,11 @@ class BaseBroker:
         failures = 0
         while True:
             try:
-                await self.wait_for_wake(self._next_deadline())
-                self._wake.clear()
-                await self.refresh()
+                if await self.wait_for_wake(self._next_deadline()):
+                    self._wake.clear()
+                    await self.refresh()
+                else:
+                    self._tick()
                 failures = 0
             except asyncio.CancelledError:
                 raise

@@ -11,9 +11,9 @@ class MemoryBroker(BaseBroker):
     polling the journal every ``POLL_INTERVAL`` seconds for writes from others
     (a ``send_alarm`` command, a second server process)."""
 
-    async def wait_for_wake(self, within: float | None) -> None:
+    async def wait_for_wake(self, within: float | None) -> bool:
         assert self._wake is not None
         poll = float(self.config["POLL_INTERVAL"])
-        within = poll if within is None else min(within, poll)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), within)
+            await asyncio.wait_for(self._wake.wait(), poll if within is None else min(within, poll))
+        return True  # each timeout is a poll

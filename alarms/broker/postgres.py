@@ -30,6 +30,7 @@ class PostgresBroker(BaseBroker):
         self._listener: asyncio.Task[None] | None = None
         self.listening = asyncio.Event()
         self.listen_connection: psycopg.AsyncConnection[Any] | None = None
+        self.listening_since_start = False
 
     @classmethod
     def check(cls) -> list[Any]:
@@ -65,13 +66,15 @@ class PostgresBroker(BaseBroker):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._listener
 
-    async def wait_for_wake(self, within: float | None) -> None:
+    async def wait_for_wake(self, within: float | None) -> bool:
         assert self._wake is not None
         safety = self.config["SAFETY_POLL_INTERVAL"]
-        if safety:
-            within = safety if within is None else min(within, safety)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), within)
+        poll = safety is not None and (within is None or safety <= within)
+        try:
+            await asyncio.wait_for(self._wake.wait(), safety if poll else within)
+        except TimeoutError:
+            return poll  # a timer for the schedule needs no query
+        return True
 
     def _conninfo(self) -> dict[str, Any]:
         params = connections[self.alias].get_connection_params()
@@ -96,9 +99,11 @@ class PostgresBroker(BaseBroker):
                     if failures:
                         logger.warning("listening again on %r after %d failures", channel, failures)
                     failures = 0
+                    if self.listening_since_start:
+                        # Catch up with whatever was written while not listening.
+                        self.wake()
+                    self.listening_since_start = True
                     self.listening.set()
-                    # Catch up with whatever was written while not listening.
-                    self.wake()
                     async for _notify in conn.notifies():
                         self.stats["notifications"] += 1
                         self.wake()

@@ -1,0 +1,174 @@
+"""The broker in-process, one shared test class run against every backend."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine, Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from asgiref.sync import sync_to_async
+from django.contrib.auth import get_user_model
+from django.db import connection, connections
+from django.test import override_settings
+from django.utils import timezone
+
+import alarms.broker as broker_module
+from alarms import api
+from alarms.broker.base import BaseBroker, BrokerFull, ConnectState, Viewer
+from alarms.broker.memory import MemoryBroker
+from alarms.broker.postgres import PostgresBroker
+from tests.sse import parse
+
+
+def en(title: str) -> dict[str, dict[str, str]]:
+    return {
+        "en": {"title": title, "message": "m"},
+        "ko": {"title": f"{title} (ko)", "message": "m"},
+    }
+
+
+def viewer(user: Any = None, language: str = "en") -> ConnectState:
+    if user is None:
+        return ConnectState(Viewer(language=language), set(), set())
+    return ConnectState(Viewer(user_id=user.pk, language=language), set(), set())
+
+
+async def until(predicate: Callable[[], bool], within: float = 3.0) -> None:
+    deadline = asyncio.get_running_loop().time() + within
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)
+
+
+class BrokerContract:
+    """What every broker must do. Subclasses say which broker and settings."""
+
+    broker_class: type[BaseBroker]
+    settings: dict[str, Any] = {}
+
+    @pytest.fixture
+    def run(self, transactional_db: None) -> Iterator[Callable[..., Any]]:
+        """Run ``test(broker)`` on a fresh event loop with a started broker."""
+
+        def runner(test: Callable[[BaseBroker], Coroutine[Any, Any, None]]) -> None:
+            async def main() -> None:
+                broker = self.broker_class()
+                broker_module._broker = broker
+                try:
+                    await broker.ensure_started()
+                    await test(broker)
+                finally:
+                    await broker.stop()
+                    await sync_to_async(connections.close_all)()
+                    broker_module.reset_broker()
+
+            asyncio.run(main())
+
+        with override_settings(ALARMS=self.settings):
+            yield runner
+
+    def test_starts_from_the_table(self, run):
+        live = api.send_alarm(en("Live"))
+        later = api.send_alarm(en("Later"), publish_at=timezone.now() + timedelta(hours=1))
+        gone = api.send_alarm(en("Gone"))
+        api.withdraw([gone])
+
+        async def test(broker: BaseBroker) -> None:
+            assert set(broker.alarms) == {live.pk, later.pk}
+            assert broker.alarms[live.pk].announced
+            assert not broker.alarms[later.pk].announced
+            assert broker.head > 0
+
+        run(test)
+
+    def test_a_commit_reaches_subscribers_encoded_once_per_language(self, run):
+        async def test(broker: BaseBroker) -> None:
+            en_1, en_2 = broker.subscribe(viewer()), broker.subscribe(viewer())
+            ko = broker.subscribe(viewer(language="ko"))
+            await sync_to_async(api.send_alarm)(en("Hello"), audience="everyone")
+            got = [await sub.next(3) for sub in (en_1, en_2, ko)]
+            assert got[0][0] is got[1][0]  # the same bytes object, encoded once
+            assert parse(got[0][0].decode())[0].json()["title"] == "Hello"
+            assert parse(got[2][0].decode())[0].json()["title"] == "Hello (ko)"
+
+        run(test)
+
+    def test_slow_subscriber_is_closed_not_buffered_forever(self, run):
+        async def test(broker: BaseBroker) -> None:
+            broker.config = {**broker.config, "QUEUE_SIZE": 2}
+            slow = broker.subscribe(viewer())
+            for i in range(3):
+                await sync_to_async(api.send_alarm)(en(f"n{i}"), audience="everyone")
+                await until(lambda n=i + 1: broker.stats["events"] >= n)
+            assert slow.closed == "slow"
+
+        run(test)
+
+    def test_per_user_and_process_caps(self, run):
+        user = get_user_model().objects.create_user("capped")
+
+        async def test(broker: BaseBroker) -> None:
+            broker.config = {**broker.config, "MAX_STREAMS_PER_USER": 2, "MAX_STREAMS": 4}
+            first, second, third = (broker.subscribe(viewer(user)) for _ in range(3))
+            assert (first.closed, second.closed, third.closed) == ("replaced", None, None)
+            broker.unsubscribe(first)
+            broker.subscribe(viewer())
+            broker.subscribe(viewer())
+            with pytest.raises(BrokerFull):
+                broker.subscribe(viewer())
+
+        run(test)
+
+    def test_schedule_runs_on_the_brokers_clock(self, run):
+        now = timezone.now()
+        alarm = api.send_alarm(
+            en("Timed"),
+            audience="everyone",
+            publish_at=now + timedelta(seconds=0.5),
+            expires_at=now + timedelta(seconds=1.0),
+        )
+
+        async def test(broker: BaseBroker) -> None:
+            sub = broker.subscribe(viewer())
+            reads = broker.stats["reads"]
+            first = await sub.next(3)
+            assert parse(first[0].decode())[0].event == "alarm"
+            second = await sub.next(3)
+            assert parse(second[0].decode())[0].event == "retract"
+            assert alarm.pk not in broker.alarms
+            if isinstance(broker, PostgresBroker):
+                assert broker.stats["reads"] == reads  # the timer needed no query
+
+        run(test)
+
+
+class TestMemoryBroker(BrokerContract):
+    broker_class = MemoryBroker
+    # Polling every minute: a delivery within seconds proves the in-process wake-up.
+    settings = {"BROKER": "alarms.broker.memory.MemoryBroker", "POLL_INTERVAL": 60}
+
+
+@pytest.mark.postgres
+class TestPostgresBroker(BrokerContract):
+    broker_class = PostgresBroker
+    settings = {"BROKER": "alarms.broker.postgres.PostgresBroker"}
+
+    def test_notify_wakes_it_without_the_local_hook(self, run, monkeypatch):
+        monkeypatch.setattr(broker_module, "wake_local", lambda: None)
+
+        async def test(broker: BaseBroker) -> None:
+            sub = broker.subscribe(viewer())
+            await sync_to_async(api.send_alarm)(en("Via NOTIFY"), audience="everyone")
+            assert await sub.next(3)
+            assert broker.stats["notifications"] >= 1
+
+        run(test)
+
+
+def test_postgres_broker_refuses_other_databases():
+    if connection.vendor == "postgresql":
+        pytest.skip("only meaningful on another database")
+    assert [m.id for m in PostgresBroker.check()] == ["alarms.E005"]
