@@ -1,0 +1,120 @@
+"""``/alarms/``: a signed-in user's alarm centre: live alarms first, then earlier ones."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.db.models.functions import Now
+from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
+from django.shortcuts import redirect, render
+from django.utils import translation
+from django.utils.translation import ngettext
+from django.views.decorators.http import require_http_methods
+
+from alarms import api
+from alarms.models import Alarm, AlarmReceipt, Level
+from alarms.translation import choose_language, direction
+from alarms.validators import is_safe_link
+
+EARLIER_LIMIT = 50
+UNREAD_LIMIT = 200
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One alarm as this reader sees it: the translation in their language."""
+
+    id: int
+    level: str
+    level_label: str
+    title: str
+    message: str
+    language: str
+    dir: str
+    url: str
+    published_at: datetime
+    expires_at: datetime | None
+    state: str  # "unread", "dismissed" or "expired"
+    dismissed_at: datetime | None
+
+
+def entries(
+    alarms: list[Alarm], language: str, receipts: dict[int, AlarmReceipt], state: str
+) -> list[Entry]:
+    labels = dict(Level.choices)
+    result = []
+    for alarm in alarms:
+        translations = {t.language_code: t for t in alarm.translations.all()}
+        code = choose_language(language, translations)
+        if code is None:
+            continue
+        chosen = translations[code]
+        receipt = receipts.get(alarm.pk)
+        dismissed_at = receipt.dismissed_at if receipt else None
+        result.append(
+            Entry(
+                id=alarm.pk,
+                level=alarm.level,
+                level_label=str(labels.get(alarm.level, alarm.level)),
+                title=chosen.title,
+                message=chosen.message,
+                language=code,
+                dir=direction(code),
+                url=alarm.url if alarm.url and is_safe_link(alarm.url) else "",
+                published_at=alarm.publish_at,
+                expires_at=alarm.expires_at,
+                state="dismissed" if state != "unread" and dismissed_at else state,
+                dismissed_at=dismissed_at,
+            )
+        )
+    return result
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def centre(request: HttpRequest) -> HttpResponse:
+    user = request.user
+    if request.method == "POST":
+        return _dismiss(request)
+    unread_qs = Alarm.objects.for_user(user)
+    unread = list(unread_qs.prefetch_related("translations")[:UNREAD_LIMIT])
+    earlier = list(
+        Alarm.objects.visible_to(user)
+        .filter(withdrawn_at__isnull=True, publish_at__lte=Now())
+        .exclude(pk__in=unread_qs.values("pk"))
+        .prefetch_related("translations")[:EARLIER_LIMIT]
+    )
+    receipts = {
+        r.alarm_id: r
+        for r in AlarmReceipt.objects.filter(
+            user=user, alarm_id__in=[a.pk for a in unread + earlier]
+        )
+    }
+    language = translation.get_language() or ""
+    context: dict[str, Any] = {
+        "unread": entries(unread, language, receipts, "unread"),
+        "earlier": entries(earlier, language, receipts, "expired"),
+    }
+    return render(request, "alarms/centre.html", context)
+
+
+def _dismiss(request: HttpRequest) -> HttpResponse:
+    if "dismiss_all" in request.POST:
+        ids = list(Alarm.objects.for_user(request.user).values_list("pk", flat=True))
+    else:
+        raw = request.POST.get("dismiss", "")
+        if not raw.isdigit() or len(raw) > 18:
+            return HttpResponseBadRequest("Not an alarm id.")
+        ids = [int(raw)]
+    count = api.dismiss(request.user, ids) if ids else 0
+    if count:
+        messages.success(
+            request,
+            ngettext("Dismissed %(count)d alarm.", "Dismissed %(count)d alarms.", count)
+            % {"count": count},
+        )
+    return redirect("alarms:centre")
