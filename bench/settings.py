@@ -1,0 +1,22 @@
+"""Settings for benchmark servers: the project's, production-like, plus the naive view."""
+
+from __future__ import annotations
+
+import os
+
+from config.settings import *  # noqa: F403
+from config.settings import DATABASES
+
+ROOT_URLCONF = "bench.urls"
+DEBUG = False
+ALLOWED_HOSTS = ["127.0.0.1", "localhost"]
+SECURE_SSL_REDIRECT = False
+LOGGING = {"version": 1, "disable_existing_loggers": False}
+
+if os.environ.get("BENCH_POOL"):
+    # The naive view holds a connection per stream; a pool at least keeps it alive.
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": 2,
+        "max_size": int(os.environ["BENCH_POOL"]),
+        "timeout": 30,
+    }
