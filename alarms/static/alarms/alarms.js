@@ -445,7 +445,16 @@
       return;
     }
     var fresh = name === "alarm" ? isFresh(data) : false;
+    var firstTime = fresh && !seenIds.has(data.id) && !dismissedIds.has(data.id);
     handle(name, data, fresh);
+    if (firstTime) {
+      // Only the leader records "seen": localStorage reaches other tabs later
+      // than BroadcastChannel does, so they could not tell it was done.
+      seenIds.add(data.id);
+      if (config.authenticated) {
+        seenOutbox.add(data.id, SEEN_DELAY);
+      }
+    }
     channel.post({ type: "event", name: name, data: data, fresh: fresh, lastEventId: lastEventId });
   }
 
@@ -760,13 +769,7 @@
     toasts.set(data.id, toast);
     shownHere.add(data.id);
     stack.insertBefore(node, stack.firstChild); // newest on top
-    if (!seenIds.has(data.id)) {
-      // Recorded once per browser: the tabs share seenIds.
-      seenIds.add(data.id);
-      if (config.authenticated) {
-        seenOutbox.add(data.id, SEEN_DELAY);
-      }
-    }
+    seenIds.local.add(data.id); // the leader stores and reports it
     layout();
   }
 
