@@ -1,0 +1,624 @@
+"""Toasts in a real Chromium against a real daphne server."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import shutil
+import signal
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.contrib.auth import get_user_model
+
+from alarms import api
+from alarms.models import Alarm, AlarmReceipt, AlarmTranslation
+from tests.e2e import browser as fixtures
+from tests.e2e.browser import leader_of, toast, wait_ready
+
+pytestmark = [pytest.mark.e2e, pytest.mark.browser]
+
+# The Playwright fixtures, made visible to the tests of this module.
+browser = fixtures.browser
+contexts = fixtures.contexts
+
+ROOT = Path(__file__).resolve().parents[2]
+SCREENSHOTS = ROOT / "docs" / "screenshots"
+ARTIFACTS = ROOT / "test-artifacts" / "screenshots"
+
+TEXTS = {
+    "en": {"title": "Fire drill at 3 pm", "message": "Leave by the east stairs."},
+    "ko": {"title": "오후 3시 소방 훈련", "message": "동쪽 계단으로 나가십시오."},
+    "ja": {"title": "午後3時に避難訓練", "message": "東階段から退出してください。"},
+    "ar": {"title": "تدريب على الحريق", "message": "غادروا عبر الدرج الشرقي."},
+}
+
+
+METRICS_TOKEN = "e2e-browser-metrics"
+
+
+@pytest.fixture
+def metered(server_factory: Any) -> Any:
+    """A server whose /alarms/metrics/ this test may read: it counts the open streams."""
+    return server_factory(METRICS_TOKEN=METRICS_TOKEN)
+
+
+def streams_at(server: Any) -> int:
+    request = urllib.request.Request(
+        server.url + "/alarms/metrics/", headers={"Authorization": f"Bearer {METRICS_TOKEN}"}
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        text = response.read().decode()
+    match = re.search(r"^alarms_streams_open (\d+)$", text, re.MULTILINE)
+    assert match, text
+    return int(match.group(1))
+
+
+def signed_in(make: Any, server: Any, session_cookie: Any, user: Any, **options: Any) -> Any:
+    return make(server, cookie=session_cookie(user), **options)
+
+
+def receipt(user: Any, alarm: Alarm) -> AlarmReceipt | None:
+    return AlarmReceipt.objects.filter(user=user, alarm=alarm).first()
+
+
+def wait_until(
+    predicate: Any, timeout: float = 5.0, interval: float = 0.05, page: Any = None
+) -> Any:
+    """Poll ``predicate``; with a ``page``, Playwright's events are dispatched meanwhile."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        if page is not None:
+            page.wait_for_timeout(interval * 1000)
+        else:
+            time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s")
+
+
+def with_auto_hide(page: Any, milliseconds: int) -> None:
+    """Serve this page's HTML with a shorter auto-hide delay in the script's data-*."""
+
+    def handle(route: Any) -> None:
+        if route.request.resource_type != "document":
+            route.continue_()
+            return
+        response = route.fetch()
+        body = re.sub(r'data-auto-hide="\d+"', f'data-auto-hide="{milliseconds}"', response.text())
+        route.fulfill(response=response, body=body)
+
+    page.route("**/*", handle)
+
+
+# -- delivery -----------------------------------------------------------------
+
+
+def test_admin_alarm_reaches_three_users_in_their_languages(
+    server, contexts, session_cookie, make_user
+):
+    operator = make_user("operator", is_staff=True, is_superuser=True)
+    readers = {
+        # Three ways a language is chosen: the set_language cookie, the
+        # browser's Accept-Language, and the site default.
+        "ko": signed_in(contexts, server, session_cookie, make_user("minji"), language="ko"),
+        "ja": signed_in(contexts, server, session_cookie, make_user("haruto"), locale="ja-JP"),
+        "en": signed_in(contexts, server, session_cookie, make_user("emma")),
+    }
+    pages = {lang: user.page("/") for lang, user in readers.items()}
+    for page in pages.values():
+        wait_ready(page, leader=True)
+    assert pages["ko"].locator("html").get_attribute("lang") == "ko"
+    assert pages["ja"].locator("html").get_attribute("lang") == "ja"
+
+    admin = signed_in(contexts, server, session_cookie, operator).page("/admin/alarms/alarm/add/")
+    admin.select_option("#id_level", "warning")
+    admin.select_option("#id_audience", "authenticated")
+    for index, lang in enumerate(("en", "ko", "ja")):
+        assert admin.input_value(f"#id_translations-{index}-language_code") == lang
+        admin.fill(f"#id_translations-{index}-title", TEXTS[lang]["title"])
+        admin.fill(f"#id_translations-{index}-message", TEXTS[lang]["message"])
+    admin.click('input[name="_save"]')
+    admin.wait_for_url("**/admin/alarms/alarm/")
+    saved = time.monotonic()
+    alarm = Alarm.objects.get()
+    assert alarm.created_by == operator
+
+    for lang, page in pages.items():
+        item = toast(page, alarm.pk)
+        item.wait_for(timeout=max(1, 2000 - (time.monotonic() - saved) * 1000))
+        assert item.locator(".alarms-title").text_content() == TEXTS[lang]["title"]
+        assert item.locator(".alarms-message").text_content() == TEXTS[lang]["message"]
+        assert item.get_attribute("lang") == lang
+        assert item.get_attribute("dir") == "ltr"
+        assert item.get_attribute("role") == "status"
+        assert item.get_attribute("aria-live") == "polite"
+    assert time.monotonic() - saved < 2.0
+
+
+def test_alarm_text_is_never_markup(server, contexts):
+    dialogs: list[str] = []
+    user = contexts(server)
+    page = user.page("/")
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    wait_ready(page, leader=True)
+    evil = '<img src=x onerror="alert(1)"><script>alert(2)</script>'
+    alarm = api.send_alarm(
+        {"en": {"title": "<b>Bold</b> & co", "message": evil}},
+        level="error",
+        audience="everyone",
+    )
+    # Links the validators would refuse, written past them: the client refuses them too.
+    bad = Alarm.objects.create(level="warning", audience="everyone", url="javascript:alert(3)")
+    AlarmTranslation.objects.create(alarm=bad, language_code="en", title="Bad link", message="x")
+    bad.save()
+    good = api.send_alarm(
+        {"en": {"title": "Status page", "message": "Details"}},
+        audience="everyone",
+        level="warning",
+        url="https://status.example.com/incidents/42",
+    )
+    item = toast(page, alarm.pk)
+    item.wait_for()
+    assert item.locator(".alarms-title").text_content() == "<b>Bold</b> & co"
+    assert item.locator(".alarms-message").text_content() == evil
+    assert item.locator("img, script, b").count() == 0
+    toast(page, bad.pk).wait_for()
+    assert toast(page, bad.pk).locator("a[href]").count() == 0
+    toast(page, good.pk).wait_for()
+    link = toast(page, good.pk).locator("a.alarms-link")
+    assert link.get_attribute("href") == "https://status.example.com/incidents/42"
+    page.wait_for_timeout(300)
+    assert dialogs == []
+
+
+def test_arabic_toast_reads_right_to_left(server, contexts, session_cookie, make_user):
+    user = signed_in(contexts, server, session_cookie, make_user("layla"), language="ar")
+    page = user.page("/")
+    wait_ready(page, leader=True)
+    assert page.locator("html").get_attribute("dir") == "rtl"
+    alarm = api.send_alarm({k: TEXTS[k] for k in ("en", "ar")}, level="warning")
+    item = toast(page, alarm.pk)
+    item.wait_for()
+    assert item.get_attribute("dir") == "rtl"
+    assert item.get_attribute("lang") == "ar"
+    assert item.locator(".alarms-title").text_content() == TEXTS["ar"]["title"]
+    # The region sits at the inline end: the left edge in a right-to-left page.
+    box = page.locator("#alarms-region").bounding_box()
+    assert box is not None and box["x"] < 100
+
+
+def test_anonymous_visitor_sees_only_public_alarms(server, contexts):
+    visitor = contexts(server)
+    page = visitor.page("/")
+    wait_ready(page, leader=True)
+    members = api.send_alarm({"en": {"title": "Members", "message": "m"}}, level="warning")
+    staff = api.send_alarm(
+        {"en": {"title": "Staff", "message": "s"}}, level="warning", audience="staff"
+    )
+    public = api.send_alarm(
+        {"en": {"title": "Everyone", "message": "e"}}, level="warning", audience="everyone"
+    )
+    toast(page, public.pk).wait_for()
+    page.wait_for_timeout(500)
+    assert toast(page, members.pk).count() == 0
+    assert toast(page, staff.pk).count() == 0
+    assert page.locator(".alarms-toast").count() == 1
+    # Anonymous: no badge, and receipts stay in the browser.
+    assert page.locator("[data-alarms-badge]").count() == 0
+
+
+# -- one stream per browser ---------------------------------------------------
+
+
+def test_eight_tabs_share_one_stream(metered, contexts, session_cookie, make_user):
+    server = metered
+    user = signed_in(contexts, server, session_cookie, make_user("tabby"))
+    pages = [user.page("/") for _ in range(8)]
+    for page in pages:
+        wait_ready(page)
+    leader = leader_of(pages)
+    time.sleep(0.5)
+    assert len(user.streams.started) == 1
+    assert user.streams.open == 1
+    assert streams_at(server) == 1
+    assert sum(page.evaluate("window.alarms.state().leader") for page in pages) == 1
+
+    alarm = api.send_alarm(TEXTS, level="error")
+    for page in pages:
+        toast(page, alarm.pk).wait_for(timeout=2000)
+        assert toast(page, alarm.pk).get_attribute("role") == "alert"
+        assert toast(page, alarm.pk).get_attribute("aria-live") == "assertive"
+    # Seen once, by one request, not eight.
+    wait_until(lambda: (r := receipt(user_model("tabby"), alarm)) and r.seen_at)
+    pages[0].wait_for_timeout(1000)  # more would come with the next batch
+    assert len(user.posts("/alarms/seen/")) == 1
+
+    # The leader goes away: another tab takes over within a second, resuming
+    # after the last event it relayed, still with one stream open.
+    pages.remove(leader)
+    closed = time.monotonic()
+    leader.close()
+    successor = leader_of(pages, timeout=1.5)
+    assert time.monotonic() - closed < 1.5
+    assert "last_event_id=" in user.streams.started[-1].url
+    assert len(user.streams.started) == 2
+    wait_until(lambda: streams_at(server) == 1)
+    assert successor.evaluate("window.alarms.state().lastEventId")
+
+    second = api.send_alarm(TEXTS, level="warning")
+    for page in pages:
+        toast(page, second.pk).wait_for(timeout=2000)
+        assert toast(page, alarm.pk).count() == 1
+    assert len(user.streams.started) == 2
+    assert streams_at(server) == 1
+
+
+def user_model(username: str) -> Any:
+    return get_user_model().objects.get(username=username)
+
+
+def test_lease_fallback_without_web_locks(metered, contexts, session_cookie, make_user):
+    server = metered
+    # Browsers without the Web Locks API elect a leader through localStorage.
+    no_locks = "Object.defineProperty(Navigator.prototype, 'locks', {get: () => undefined});"
+    user = signed_in(contexts, server, session_cookie, make_user("lease"), init_script=no_locks)
+    pages = [user.page("/") for _ in range(3)]
+    for page in pages:
+        wait_ready(page)
+    assert pages[0].evaluate("navigator.locks") is None
+    leader = leader_of(pages)
+    time.sleep(1.0)
+    assert len(user.streams.started) == 1
+    assert streams_at(server) == 1
+    pages.remove(leader)
+    closed = time.monotonic()
+    leader.close()
+    leader_of(pages, timeout=2.0)
+    assert time.monotonic() - closed < 2.0
+    wait_until(lambda: streams_at(server) == 1)
+    alarm = api.send_alarm(TEXTS, level="warning")
+    for page in pages:
+        toast(page, alarm.pk).wait_for(timeout=2000)
+
+
+# -- seen and dismissed ---------------------------------------------------------
+
+
+def test_dismiss_closes_everywhere_and_stays_dismissed(server, contexts, session_cookie, make_user):
+    reader = make_user("dana")
+    laptop = signed_in(contexts, server, session_cookie, reader)
+    phone = signed_in(contexts, server, session_cookie, reader)
+    tab1, tab2 = laptop.page("/"), laptop.page("/")
+    other = phone.page("/")
+    for page in (tab1, tab2, other):
+        wait_ready(page)
+    leader_of([tab1, tab2])
+    wait_ready(other, leader=True)
+    alarm = api.send_alarm(TEXTS, level="warning")
+    for page in (tab1, tab2, other):
+        toast(page, alarm.pk).wait_for()
+    dismissed: list[Any] = []
+    tab2.expose_function("recordDismissal", lambda detail: dismissed.append(detail))
+    tab2.evaluate(
+        "document.addEventListener('alarms:dismissed', e => window.recordDismissal(e.detail))"
+    )
+
+    toast(tab1, alarm.pk).locator(".alarms-close").click()
+    toast(tab1, alarm.pk).wait_for(state="detached", timeout=1000)
+    # Another tab: over BroadcastChannel, at once.
+    toast(tab2, alarm.pk).wait_for(state="detached", timeout=1000)
+    # Another device: through the stream's dismiss event.
+    toast(other, alarm.pk).wait_for(state="detached", timeout=3000)
+    wait_until(lambda: (r := receipt(reader, alarm)) and r.dismissed_at)
+    assert dismissed and dismissed[0]["id"] == alarm.pk
+
+    for page in (tab2, other):
+        page.reload()
+        wait_ready(page)
+    leader_of([tab1, tab2])
+    page = laptop.page("/alarms/")
+    assert page.locator(f'[data-alarms-item="{alarm.pk}"]').count() == 1
+    assert "alarms-entry--dismissed" in (
+        page.locator(f'[data-alarms-item="{alarm.pk}"]').get_attribute("class") or ""
+    )
+    time.sleep(0.7)
+    for page in (tab1, tab2, other):
+        assert toast(page, alarm.pk).count() == 0
+
+
+def test_escape_dismisses_the_focused_toast(server, contexts, session_cookie, make_user):
+    reader = make_user("kbd")
+    page = signed_in(contexts, server, session_cookie, reader).page("/")
+    wait_ready(page, leader=True)
+    first = api.send_alarm(TEXTS, level="error")
+    second = api.send_alarm(TEXTS, level="warning")
+    toast(page, first.pk).wait_for()
+    toast(page, second.pk).wait_for()
+    # Newest on top.
+    ids = page.eval_on_selector_all(".alarms-toast", "els => els.map(e => e.dataset.alarmId)")
+    assert ids == [str(second.pk), str(first.pk)]
+    toast(page, second.pk).focus()
+    page.keyboard.press("Escape")
+    toast(page, second.pk).wait_for(state="detached")
+    wait_until(lambda: (r := receipt(reader, second)) and r.dismissed_at)
+    # The close button is a real, focusable button; focus moved into the stack.
+    close = toast(page, first.pk).locator("button.alarms-close")
+    assert close.get_attribute("aria-label") == "Dismiss"
+    close.focus()
+    page.keyboard.press("Enter")
+    toast(page, first.pk).wait_for(state="detached")
+    wait_until(lambda: (r := receipt(reader, first)) and r.dismissed_at)
+
+
+def test_seen_toasts_do_not_return_but_critical_ones_do(
+    server, contexts, session_cookie, make_user
+):
+    reader = make_user("sam")
+    user = signed_in(contexts, server, session_cookie, reader)
+    page = user.page("/")
+    wait_ready(page, leader=True)
+    warning = api.send_alarm(TEXTS, level="warning")
+    critical = api.send_alarm(TEXTS, level="critical")
+    toast(page, warning.pk).wait_for()
+    toast(page, critical.pk).wait_for()
+    wait_until(lambda: (r := receipt(reader, warning)) and r.seen_at)
+    # Next page, and another device: the warning was seen, the critical alarm comes back.
+    for context in (user, signed_in(contexts, server, session_cookie, reader)):
+        page = context.page("/")
+        toast(page, critical.pk).wait_for()
+        page.wait_for_timeout(500)
+        assert toast(page, warning.pk).count() == 0
+
+
+def test_anonymous_receipts_live_in_local_storage(server, contexts):
+    visitor = contexts(server)
+    page = visitor.page("/")
+    wait_ready(page, leader=True)
+    notice = api.send_alarm(TEXTS, level="warning", audience="everyone")
+    critical = api.send_alarm(TEXTS, level="critical", audience="everyone")
+    toast(page, notice.pk).wait_for()
+    toast(page, critical.pk).wait_for()
+    page.reload()
+    toast(page, critical.pk).wait_for()
+    page.wait_for_timeout(500)
+    assert toast(page, notice.pk).count() == 0
+    toast(page, critical.pk).locator(".alarms-close").click()
+    page.reload()
+    wait_ready(page, leader=True)
+    page.wait_for_timeout(700)
+    assert page.locator(".alarms-toast").count() == 0
+    assert AlarmReceipt.objects.count() == 0
+
+
+def test_retract_removes_the_toast(server, contexts, session_cookie, make_user):
+    page = signed_in(contexts, server, session_cookie, make_user("ria")).page("/")
+    wait_ready(page, leader=True)
+    alarm = api.send_alarm(TEXTS, level="critical")
+    toast(page, alarm.pk).wait_for()
+    api.withdraw([alarm])
+    toast(page, alarm.pk).wait_for(state="detached", timeout=2000)
+
+
+# -- toast behaviour ------------------------------------------------------------
+
+
+def test_info_hides_itself_unless_hovered(server, contexts, session_cookie, make_user):
+    page = signed_in(contexts, server, session_cookie, make_user("ines")).context.new_page()
+    with_auto_hide(page, 800)
+    page.goto("/")
+    wait_ready(page, leader=True)
+    alarm = api.send_alarm(TEXTS, level="info")
+    item = toast(page, alarm.pk)
+    item.wait_for()
+    item.hover()
+    page.wait_for_timeout(1300)
+    assert item.count() == 1  # paused while hovered
+    page.mouse.move(5, 700)
+    item.wait_for(state="detached", timeout=2000)
+    warning = api.send_alarm(TEXTS, level="warning")
+    toast(page, warning.pk).wait_for()
+    page.wait_for_timeout(1300)
+    assert toast(page, warning.pk).count() == 1  # warnings stay
+
+
+def test_at_most_three_visible_with_more_button(server, contexts, session_cookie, make_user):
+    page = signed_in(contexts, server, session_cookie, make_user("max")).page("/")
+    wait_ready(page, leader=True)
+    alarms = [
+        api.send_alarm({"en": {"title": f"Alarm {n}", "message": "m"}}, level="warning")
+        for n in range(5)
+    ]
+    for alarm in alarms:
+        toast(page, alarm.pk).wait_for(state="attached")
+    visible = page.locator(".alarms-toast:visible")
+    assert visible.count() == 3
+    assert [visible.nth(i).get_attribute("data-alarm-id") for i in range(3)] == [
+        str(a.pk) for a in reversed(alarms[2:])
+    ]
+    more = page.locator(".alarms-more")
+    assert more.text_content() == "+2 more"
+    more.click()
+    assert page.locator(".alarms-toast:visible").count() == 5
+    assert more.get_attribute("aria-expanded") == "true"
+
+
+def test_badge_counts_unread_live(server, contexts, session_cookie, make_user):
+    reader = make_user("bea")
+    page = signed_in(contexts, server, session_cookie, reader).page("/")
+    wait_ready(page, leader=True)
+    badge = page.locator("[data-alarms-badge]")
+    assert badge.get_attribute("data-count") == "0"
+    alarm = api.send_alarm(TEXTS, level="warning")
+    toast(page, alarm.pk).wait_for()
+    assert badge.get_attribute("data-count") == "1"
+    assert badge.locator(".alarms-badge-count").text_content() == "1"
+    toast(page, alarm.pk).locator(".alarms-close").click()
+    page.wait_for_function("document.querySelector('[data-alarms-badge]').dataset.count === '0'")
+
+
+def test_received_event_can_be_cancelled(server, contexts):
+    page = contexts(server).page("/")
+    wait_ready(page, leader=True)
+    page.evaluate(
+        """document.addEventListener('alarms:received', e => {
+            window.received = (window.received || []).concat([e.detail.alarm.id]);
+            if (e.detail.alarm.level === 'info') e.preventDefault();
+        })"""
+    )
+    quiet = api.send_alarm(TEXTS, level="info", audience="everyone")
+    loud = api.send_alarm(TEXTS, level="warning", audience="everyone")
+    toast(page, loud.pk).wait_for()
+    assert page.evaluate("window.received") == [quiet.pk, loud.pk]
+    assert toast(page, quiet.pk).count() == 0
+
+
+# -- resilience -----------------------------------------------------------------
+
+
+def test_server_restart_loses_no_alarm(server, contexts, session_cookie, make_user):
+    page = signed_in(contexts, server, session_cookie, make_user("rex")).page("/")
+    wait_ready(page, leader=True)
+    before = api.send_alarm(TEXTS, level="warning")
+    toast(page, before.pk).wait_for()
+    server.stop(signal.SIGKILL)
+    page.wait_for_function("!window.alarms.state().streaming")
+    during = api.send_alarm(TEXTS, level="error")
+    time.sleep(1.5)  # the client retries against a dead port meanwhile
+    server.start()
+    toast(page, during.pk).wait_for(timeout=15_000)
+    assert toast(page, before.pk).count() == 1
+    assert page.locator(".alarms-toast").count() == 2
+
+
+def test_reconnects_after_bad_gateway_with_backoff(server, contexts, session_cookie, make_user):
+    page = signed_in(contexts, server, session_cookie, make_user("gale")).context.new_page()
+    attempts: list[float] = []
+
+    def gateway(route: Any) -> None:
+        attempts.append(time.monotonic())
+        if len(attempts) <= 3:
+            # A proxy during a deploy: EventSource gives up on any non-200.
+            route.fulfill(status=502, body="Bad Gateway", content_type="text/plain")
+        else:
+            route.continue_()
+
+    page.route("**/alarms/stream/**", gateway)
+    page.goto("/")
+    wait_ready(page, leader=True, timeout=20_000)
+    assert len(attempts) == 4
+    gaps = [b - a for a, b in itertools.pairwise(attempts)]
+    assert gaps[0] >= 0.4 and gaps[2] >= 1.5  # 0.5-1 s, 1-2 s, 2-4 s
+    alarm = api.send_alarm(TEXTS, level="warning")
+    toast(page, alarm.pk).wait_for()
+
+
+# -- language -----------------------------------------------------------------
+
+
+def test_language_switch_reopens_the_one_stream(metered, contexts, session_cookie, make_user):
+    server = metered
+    user = signed_in(contexts, server, session_cookie, make_user("lin"))
+    other, page = user.page("/"), user.page("/")
+    wait_ready(other)
+    wait_ready(page)
+    leader_of([other, page])
+    page.select_option("#language-select", "ko")
+    page.wait_for_load_state()
+    page.wait_for_function("document.documentElement.lang === 'ko'")
+    wait_ready(page)
+    wait_until(lambda: "lang=ko" in user.streams.started[-1].url)
+    current = leader_of([other, page])
+    assert current.evaluate("window.alarms.state().language") == "ko"
+    wait_until(lambda: streams_at(server) == 1)
+
+    alarm = api.send_alarm(TEXTS, level="warning")
+    for tab in (other, page):
+        item = toast(tab, alarm.pk)
+        item.wait_for(timeout=2000)
+        assert item.locator(".alarms-title").text_content() == TEXTS["ko"]["title"]
+        assert item.get_attribute("lang") == "ko"
+    assert streams_at(server) == 1
+
+
+# -- screenshots --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "language", "scheme"),
+    [
+        ("light", "en", "light"),
+        ("dark", "en", "dark"),
+        ("korean", "ko", "light"),
+        ("arabic", "ar", "dark"),
+    ],
+)
+def test_screenshot(server, contexts, session_cookie, make_user, name, language, scheme):
+    reader = make_user(f"shot-{name}")
+    user = signed_in(
+        contexts,
+        server,
+        session_cookie,
+        reader,
+        language=language,
+        color_scheme=scheme,
+        reduced_motion="reduce",
+    )
+    page = user.page("/")
+    wait_ready(page, leader=True)
+    samples = [
+        (
+            "info",
+            {
+                "title": "Weekly report ready",
+                "message": "Your usage report for week 47 is ready.",
+                "ko": ("주간 보고서 준비 완료", "47주차 사용량 보고서가 준비되었습니다."),
+                "ar": ("التقرير الأسبوعي جاهز", "تقرير الاستخدام للأسبوع 47 جاهز."),
+            },
+        ),
+        (
+            "warning",
+            {
+                "title": "Scheduled maintenance tonight",
+                "message": "The API is read-only from 22:00 to 22:30 UTC.",
+                "ko": ("오늘 밤 정기 점검", "22:00부터 22:30(UTC)까지 API는 읽기 전용입니다."),
+                "ar": (
+                    "صيانة مجدولة الليلة",
+                    "ستكون الواجهة للقراءة فقط من 22:00 إلى 22:30 بالتوقيت العالمي.",
+                ),
+            },
+        ),
+        (
+            "critical",
+            {
+                "title": "Payments are failing",
+                "message": "Card payments fail for some customers. We are on it.",
+                "ko": ("결제 장애", "일부 고객의 카드 결제가 실패하고 있습니다. 조치 중입니다."),
+                "ar": (
+                    "فشل في عمليات الدفع",
+                    "تفشل مدفوعات البطاقات لبعض العملاء. نحن نعمل على الحل.",
+                ),
+            },
+        ),
+    ]
+    sent = []
+    for level, text in samples:
+        translations = {"en": {"title": text["title"], "message": text["message"]}}
+        for lang in ("ko", "ar"):
+            title, message = text[lang]
+            translations[lang] = {"title": title, "message": message}
+        sent.append(api.send_alarm(translations, level=level, url="/alarms/"))
+    for alarm in sent:
+        toast(page, alarm.pk).wait_for()
+    page.wait_for_timeout(300)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / f"toasts-{name}.png"
+    page.screenshot(path=str(path))
+    if os.environ.get("ALARMS_UPDATE_SCREENSHOTS") == "1":
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, SCREENSHOTS / path.name)
