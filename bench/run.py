@@ -63,7 +63,20 @@ def main() -> int:
     }
     py = sys.executable
     subprocess.run([py, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
-    # Live alarms every new stream replays on connect.
+    # Exactly three live alarms, which every new stream replays on connect.
+    subprocess.run(
+        [
+            py,
+            "manage.py",
+            "shell",
+            "-c",
+            "from alarms import api; from alarms.models import Alarm; "
+            "api.withdraw(Alarm.objects.all())",
+        ],
+        cwd=ROOT,
+        env=env,
+        check=True,
+    )
     for i in range(3):
         subprocess.run(
             [

@@ -106,6 +106,7 @@ class CachedAlarm:
 class Subscriber:
     """One open stream: a bounded queue of encoded events and a reason if closed."""
 
+    __slots__ = ("_queue", "_size", "_waiter", "closed", "dismissed", "id", "seen", "viewer")
     _ids = itertools.count(1)
 
     def __init__(self, viewer: Viewer, queue_size: int) -> None:
@@ -114,9 +115,9 @@ class Subscriber:
         self.dismissed: set[int] = set()
         self.seen: set[int] = set()
         self.closed: str | None = None
-        self._queue: deque[bytes] = deque()
+        self._queue: list[bytes] = []
         self._size = queue_size
-        self._ready = asyncio.Event()
+        self._waiter: asyncio.Future[None] | None = None
 
     def push(self, chunk: bytes) -> None:
         if self.closed:
@@ -126,24 +127,40 @@ class Subscriber:
             self.close("slow")
             return
         self._queue.append(chunk)
-        self._ready.set()
+        self._wake()
 
     def close(self, reason: str) -> None:
         if not self.closed:
             self.closed = reason
-            self._ready.set()
+            self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     async def next(self, within: float) -> list[bytes] | None:
         """Everything queued, waiting at most ``within`` seconds; None on timeout."""
         if not self._queue and not self.closed:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._ready.wait(), within)
-        self._ready.clear()
+            # A bare future and a timer handle: this runs for every stream on
+            # every event, so no wait_for() with its extra task.
+            loop = asyncio.get_running_loop()
+            waiter = self._waiter = loop.create_future()
+            timer = loop.call_later(within, _resolve, waiter)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+                self._waiter = None
         if not self._queue:
             return None
-        chunks = list(self._queue)
-        self._queue.clear()
+        chunks, self._queue = self._queue, []
         return chunks
+
+
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 @dataclass
