@@ -1,8 +1,14 @@
 from __future__ import annotations
 
+import gettext
+from pathlib import Path
+
 import pytest
 from django.test import override_settings
+from django.utils import translation
 
+import alarms
+from alarms.models import Audience, Level
 from alarms.translation import choose_language, direction, language_choices, supported_language
 
 
@@ -81,3 +87,28 @@ def test_language_choices_follow_settings() -> None:
 )
 def test_supported_language(code: str | None, supported: str | None) -> None:
     assert supported_language(code) == supported
+
+
+# -- the app's own interface strings ----------------------------------------------
+
+LOCALE = Path(alarms.__file__).resolve().parent / "locale"
+
+
+@pytest.mark.parametrize("code", ("ko", "ja", "ar"))
+def test_interface_is_translated(code: str) -> None:
+    # Compiled catalogues ship with the app: no gettext tools needed at install.
+    assert (LOCALE / code / "LC_MESSAGES" / "django.mo").is_file()
+    with translation.override(code):
+        assert str(Level.CRITICAL.label) != "Critical"
+        assert str(Audience.SELECTED.label) != "Selected users and groups"
+        assert translation.gettext("Withdraw now") != "Withdraw now"
+
+
+@pytest.mark.parametrize("code", ("ko", "ja", "ar"))
+def test_catalogue_has_no_empty_translation(code: str) -> None:
+    with (LOCALE / code / "LC_MESSAGES" / "django.mo").open("rb") as mo:
+        catalogue = gettext.GNUTranslations(mo)
+    po = (LOCALE / code / "LC_MESSAGES" / "django.po").read_text(encoding="utf-8")
+    msgids = po.count("\nmsgid ") - 1  # less the header
+    assert len(catalogue._catalog) - 1 >= msgids  # type: ignore[attr-defined]
+    assert all(catalogue._catalog.values())  # type: ignore[attr-defined]
