@@ -4,7 +4,7 @@ import asyncio
 
 from asgiref.sync import iscoroutinefunction
 from django.http import HttpResponse
-from django.test import RequestFactory
+from django.test import RequestFactory, override_settings
 
 from config.middleware import AsyncWhiteNoiseMiddleware
 
@@ -13,6 +13,7 @@ async def app(request):
     return HttpResponse("from the app")
 
 
+@override_settings(WHITENOISE_USE_FINDERS=True)  # pytest-django turns DEBUG off
 def test_runs_async_in_an_async_stack_and_serves_static_files():
     middleware = AsyncWhiteNoiseMiddleware(app)
     # Django keeps an async request async only if every middleware is.
