@@ -57,7 +57,6 @@ async def stream(request: HttpRequest) -> HttpResponse:
     except BaseException:
         broker.unsubscribe(sub)
         raise
-    _release_request_thread()
     # GZipMiddleware reads Accept-Encoding after the view: without it there, it
     # leaves the stream alone (a compressor buffers, and events would stall).
     request.META.pop("HTTP_ACCEPT_ENCODING", None)
@@ -91,6 +90,9 @@ async def _events(broker: BaseBroker, sub: Subscriber, first: list[bytes]) -> As
     lifetime = float(config["MAX_LIFETIME"]) * random.uniform(0.85, 1.0)
     deadline = time.monotonic() + lifetime
     logger.debug("stream %d opened for user %s", sub.id, sub.viewer.user_id)
+    # By the first step of the body every middleware has run its response
+    # hooks, so the request's thread is not needed again until the end.
+    _release_request_thread()
     try:
         yield (
             events.encode(retry=int(config["RETRY_MS"]))
