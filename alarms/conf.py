@@ -37,6 +37,9 @@ DEFAULTS: dict[str, Any] = {
     # Threads (and so database connections) the broker uses for reads, including
     # the per-connect loads of sessions, users and receipts.
     "DB_THREADS": 1,
+    # Seconds the cyclic garbage collector waits after a broadcast starts, so
+    # that a full collection does not land among thousands of writes (0: off).
+    "GC_PAUSE": 2.0,
     # Bearer token that may read /alarms/metrics/ besides staff users (None: staff only).
     "METRICS_TOKEN": None,
 }

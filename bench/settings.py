@@ -11,7 +11,12 @@ ROOT_URLCONF = "bench.urls"
 DEBUG = False
 ALLOWED_HOSTS = ["127.0.0.1", "localhost"]
 SECURE_SSL_REDIRECT = False
-LOGGING = {"version": 1, "disable_existing_loggers": False}
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "loggers": {"alarms.broker": {"handlers": ["console"], "level": "INFO"}},
+}
 
 if os.environ.get("BENCH_POOL"):
     # The naive view holds a connection per stream; a pool at least keeps it alive.

@@ -145,6 +145,21 @@ class BrokerContract:
         run(test)
 
 
+    def test_garbage_collection_waits_until_the_broadcast_is_written(self, run):
+        import gc
+
+        async def test(broker: BaseBroker) -> None:
+            broker.config = {**broker.config, "GC_PAUSE": 0.3}
+            sub = broker.subscribe(viewer())
+            assert gc.isenabled()
+            await sync_to_async(api.send_alarm)(en("Burst"), audience="everyone")
+            assert await sub.next(3)
+            assert not gc.isenabled()
+            await until(gc.isenabled, within=2)
+
+        run(test)
+
+
 class TestMemoryBroker(BrokerContract):
     broker_class = MemoryBroker
     # Polling every minute: a delivery within seconds proves the in-process wake-up.
