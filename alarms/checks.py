@@ -1,4 +1,4 @@
-"""System checks for configurations that would break streaming. Documented in docs/settings.md."""
+"""System checks for configurations that would break streaming (listed in the README)."""
 
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
         messages.append(
             Warning(
                 f"Unknown ALARMS keys: {', '.join(config['_unknown'])}.",
-                hint="See docs/settings.md for the keys the app reads.",
+                hint="The keys the app reads are listed under Settings in the README.",
                 id="alarms.W002",
             )
         )

@@ -115,7 +115,7 @@ def user_scope(user: Any) -> str:
     """Names this user's shared browser state (leader lock, channel, storage); not reversible."""
     if not getattr(user, "is_authenticated", False):
         return "anon"
-    return salted_hmac("alarms.scope", str(user.pk)).hexdigest()[:20]
+    return salted_hmac("alarms.scope", str(user.pk), algorithm="sha256").hexdigest()[:20]
 
 
 @register.simple_tag(takes_context=True)
