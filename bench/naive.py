@@ -6,6 +6,8 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 
+from asgiref.sync import sync_to_async
+from django.db import close_old_connections
 from django.db.models import Max
 from django.http import HttpRequest, StreamingHttpResponse
 
@@ -23,6 +25,9 @@ async def naive_stream(request: HttpRequest) -> StreamingHttpResponse:
                 last = max(last, t.alarm_id)
                 data = json.dumps({"id": t.alarm_id, "title": t.title, "message": t.message})
                 yield f"event: alarm\nid: {t.alarm_id}\ndata: {data}\n\n".encode()
+            # Hand the connection back to the pool between polls, as a careful
+            # naive view would; otherwise every stream pins one for good.
+            await sync_to_async(close_old_connections)()
 
     response = StreamingHttpResponse(events(), content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"

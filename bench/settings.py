@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 from config.settings import *  # noqa: F403
@@ -25,3 +26,6 @@ if os.environ.get("BENCH_POOL"):
         "max_size": int(os.environ["BENCH_POOL"]),
         "timeout": 30,
     }
+
+# e.g. BENCH_ALARMS='{"HEARTBEAT": 30}' to measure one setting's effect.
+ALARMS = json.loads(os.environ.get("BENCH_ALARMS", "{}"))

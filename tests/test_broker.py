@@ -144,7 +144,6 @@ class BrokerContract:
 
         run(test)
 
-
     def test_garbage_collection_waits_until_the_broadcast_is_written(self, run):
         import gc
 

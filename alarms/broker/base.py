@@ -310,14 +310,14 @@ class BaseBroker:
         self.alarms = alarms
         self.head = head
 
-    def _load_alarms(self, ids: Iterable[int] | None) -> dict[int, CachedAlarm]:
+    def _load_alarms(
+        self, ids: Iterable[int] | None, *, current_only: bool = True
+    ) -> dict[int, CachedAlarm]:
         from alarms.models import Alarm
 
-        qs = (
-            Alarm.objects.using(self.alias)
-            .current()
-            .prefetch_related("translations", "users", "groups")
-        )
+        qs = Alarm.objects.using(self.alias).prefetch_related("translations", "users", "groups")
+        if current_only:
+            qs = qs.current()
         if ids is not None:
             qs = qs.filter(pk__in=list(ids))
         result = {}
@@ -487,7 +487,7 @@ class BaseBroker:
 
     # -- streams -----------------------------------------------------------
 
-    def load_viewer(self, user: Any, language: str) -> ConnectState:
+    def load_viewer(self, user: Any, language: str, alarm_ids: list[int]) -> ConnectState:
         """Runs in a database thread: the viewer and their receipts."""
         from alarms.models import AlarmReceipt
 
@@ -502,7 +502,7 @@ class BaseBroker:
         seen: set[int] = set()
         dismissed: set[int] = set()
         receipts = AlarmReceipt.objects.using(self.alias).filter(
-            user_id=user.pk, alarm_id__in=list(self.alarms)
+            user_id=user.pk, alarm_id__in=alarm_ids
         )
         for alarm_id, seen_at, dismissed_at in receipts.values_list(
             "alarm_id", "seen_at", "dismissed_at"
@@ -559,7 +559,7 @@ class BaseBroker:
         ]
         return sorted(found, key=lambda a: (a.publish_at, a.id))
 
-    def read_missed(self, user_id: int | None, since: tuple[int, int], head: int) -> Missed | None:
+    def read_missed(self, viewer: Viewer, since: tuple[int, int], head: int) -> Missed | None:
         """Runs in a database thread: the journal between a Last-Event-ID and ``head``."""
         from alarms.models import Alarm, AlarmChange
 
@@ -569,19 +569,22 @@ class BaseBroker:
         if seq > head or (first is not None and seq < first - 1):
             return None  # from another database, or older than what is kept
         rows = journal.filter(id__gt=seq, id__lte=head).values_list("alarm_id", "kind", "user_id")
-        missed = Missed()
+        missed = Missed(since=datetime.fromtimestamp(millis / 1000, tz=UTC))
         for alarm_id, kind, row_user in rows:
             if kind == "alarm":
                 missed.changed.add(alarm_id)
-            elif row_user is not None and row_user == user_id:
+            elif row_user is not None and row_user == viewer.user_id:
                 missed.dismissed.add(alarm_id)
-        since_dt = datetime.fromtimestamp(millis / 1000, tz=UTC)
-        missed.expired.update(
-            Alarm.objects.using(self.alias)
-            .filter(expires_at__gt=since_dt, expires_at__lte=timezone.now())
-            .values_list("pk", flat=True)
+        expired = Alarm.objects.using(self.alias).filter(
+            expires_at__gt=missed.since, expires_at__lte=timezone.now()
         )
-        missed.since = since_dt
+        candidates = missed.changed | set(expired.values_list("pk", flat=True))
+        # Retract only what this viewer may have been shown: never even the id of
+        # another user's alarm. A deleted alarm's id tells nothing, so it is kept.
+        existing = self._load_alarms(candidates, current_only=False)
+        missed.retract = {
+            i for i in candidates if i not in existing or existing[i].visible_to(viewer)
+        }
         return missed
 
     def replay(self, sub: Subscriber, missed: Missed) -> list[bytes]:
@@ -589,16 +592,13 @@ class BaseBroker:
         now = timezone.now()
         event_id = events.format_event_id(self.head, _millis())
         chunks = []
-        deliverable = self._deliverable(sub, now)
         delivered = set()
-        for a in deliverable:
+        for a in self._deliverable(sub, now):
             if a.id in missed.changed or a.publish_at > missed.since:
                 chunks.append(events.alarm(a.payload(sub.viewer.language), event_id))
             delivered.add(a.id)
-        for alarm_id in sorted((missed.changed | missed.expired) - delivered):
-            cached = self.alarms.get(alarm_id)
-            if cached is None or cached.visible_to(sub.viewer) or alarm_id in missed.changed:
-                chunks.append(events.retract(alarm_id, event_id))
+        for alarm_id in sorted(missed.retract - delivered):
+            chunks.append(events.retract(alarm_id, event_id))
         for alarm_id in sorted(missed.dismissed):
             chunks.append(events.dismiss(alarm_id, event_id))
         return chunks
@@ -606,10 +606,10 @@ class BaseBroker:
 
 @dataclass
 class Missed:
+    since: datetime
     changed: set[int] = field(default_factory=set)
     dismissed: set[int] = field(default_factory=set)
-    expired: set[int] = field(default_factory=set)
-    since: datetime = field(default_factory=timezone.now)
+    retract: set[int] = field(default_factory=set)
 
 
 def _millis() -> int:

@@ -36,7 +36,8 @@ async def stream(request: HttpRequest) -> HttpResponse:
     )
     # Sessions, the user and their receipts are read in the broker's own
     # database threads, so a storm of connects cannot open a connection each.
-    state: ConnectState = await broker.run_db(_load, broker, request, language)
+    # The ids are taken here, on the loop: the broker changes that dict.
+    state: ConnectState = await broker.run_db(_load, broker, request, language, list(broker.alarms))
     try:
         sub = broker.subscribe(state)
     except BrokerFull:
@@ -50,7 +51,7 @@ async def stream(request: HttpRequest) -> HttpResponse:
     head = broker.head
     try:
         if since is not None:
-            missed = await broker.run_db(broker.read_missed, state.viewer.user_id, since, head)
+            missed = await broker.run_db(broker.read_missed, state.viewer, since, head)
         else:
             missed = None
         first = broker.replay(sub, missed) if missed is not None else broker.snapshot(sub)
@@ -61,7 +62,7 @@ async def stream(request: HttpRequest) -> HttpResponse:
     # leaves the stream alone (a compressor buffers, and events would stall).
     request.META.pop("HTTP_ACCEPT_ENCODING", None)
     response = StreamingHttpResponse(
-        _events(broker, sub, first), content_type="text/event-stream; charset=utf-8"
+        _events(broker, sub, request, first), content_type="text/event-stream; charset=utf-8"
     )
     response["Cache-Control"] = "no-cache, no-store, must-revalidate, private"
     response["X-Accel-Buffering"] = "no"
@@ -79,11 +80,15 @@ def stream_language(request: HttpRequest) -> str:
     return supported_language(active) or settings.LANGUAGE_CODE
 
 
-def _load(broker: BaseBroker, request: HttpRequest, language: str) -> ConnectState:
-    return broker.load_viewer(get_user(request), language)
+def _load(
+    broker: BaseBroker, request: HttpRequest, language: str, alarm_ids: list[int]
+) -> ConnectState:
+    return broker.load_viewer(get_user(request), language, alarm_ids)
 
 
-async def _events(broker: BaseBroker, sub: Subscriber, first: list[bytes]) -> AsyncIterator[bytes]:
+async def _events(
+    broker: BaseBroker, sub: Subscriber, request: HttpRequest, first: list[bytes]
+) -> AsyncIterator[bytes]:
     config = broker.config
     heartbeat = float(config["HEARTBEAT"])
     # Jitter spreads the reconnects of streams that opened together.
@@ -93,12 +98,14 @@ async def _events(broker: BaseBroker, sub: Subscriber, first: list[bytes]) -> As
     # By the first step of the body every middleware has run its response
     # hooks, so the request's thread is not needed again until the end.
     _release_request_thread()
+    _slim(request)
+    opening = events.encode(retry=int(config["RETRY_MS"])) + events.comment("alarms")
+    opening += b"".join(first)
+    first.clear()  # this frame lives as long as the stream
+    del request
     try:
-        yield (
-            events.encode(retry=int(config["RETRY_MS"]))
-            + events.comment("alarms")
-            + b"".join(first)
-        )
+        yield opening
+        del opening
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -117,6 +124,19 @@ async def _events(broker: BaseBroker, sub: Subscriber, first: list[bytes]) -> As
     finally:
         broker.unsubscribe(sub)
         logger.debug("stream %d closed (%s)", sub.id, sub.closed or "client")
+
+
+def _slim(request: HttpRequest) -> None:
+    """Drop what the request no longer needs: Django holds it for the stream's life.
+
+    By the first body step every middleware has run both its hooks; what is
+    kept is what logging an error at the end may still read.
+    """
+    keep = ("REMOTE_ADDR", "REQUEST_METHOD", "PATH_INFO", "SERVER_NAME", "SERVER_PORT")
+    request.META = {k: request.META[k] for k in keep if k in request.META}
+    drop = ("session", "user", "COOKIES", "_cached_user", "auser", "_messages", "GET", "scope")
+    for name in (*drop, "_stream", "resolver_match", "_post", "_files"):
+        request.__dict__.pop(name, None)
 
 
 def _release_request_thread() -> None:

@@ -339,3 +339,18 @@ def test_two_processes_and_a_command(server_factory, make_user, session_cookie):
         assert a.next_event(3).json()["title"] == "From a command"
         assert b.next_event(3).json()["title"] == "From a command"
     assert Alarm.objects.count() == 1
+
+
+def test_resume_never_names_another_users_alarm(server, make_user, session_cookie):
+    me, other = make_user("mia"), make_user("oli")
+    cookie = session_cookie(me)
+    with open_stream(server, cookie) as stream:
+        api.send_alarm(en("Mine"), users=[me])
+        stream.next_event(3)
+        last_id = stream.last_event_id
+    theirs = api.send_alarm(en("Theirs"), users=[other])
+    api.withdraw([theirs])
+    mine = api.send_alarm(en("Mine too"), users=[me])
+    with open_stream(server, cookie, **{"Last-Event-ID": last_id}) as stream:
+        got = [(e.event, e.json()["id"]) for e in stream.drain(0.7)]
+    assert got == [("alarm", mine.pk)]
