@@ -59,10 +59,10 @@ def send_alarm(
         raise ValueError(f"Unsafe link {url!r}: use http(s):// or a path starting with '/'.")
     cleaned = _clean_translations(translations)
     publish_at = publish_at or timezone.now()
-    if expires_at is not None and expires_at <= publish_at:
-        raise ValueError("expires_at must be after publish_at.")
     if timezone.is_naive(publish_at) or (expires_at and timezone.is_naive(expires_at)):
         raise ValueError("publish_at and expires_at must be timezone-aware.")
+    if expires_at is not None and expires_at <= publish_at:
+        raise ValueError("expires_at must be after publish_at.")
 
     with transaction.atomic():
         alarm = Alarm.objects.create(

@@ -143,6 +143,11 @@ def test_send_alarm_scheduled_with_expiry() -> None:
             {"publish_at": datetime(2030, 1, 1, 9, 0)},
             "publish_at and expires_at must be timezone-aware.",
         ),
+        (
+            # Naive beside aware: a clear message, not a TypeError from comparing them.
+            {"publish_at": datetime(2030, 1, 1, 9, 0), "expires_at": "later"},
+            "publish_at and expires_at must be timezone-aware.",
+        ),
     ),
 )
 def test_send_alarm_rejects_bad_input(kwargs: dict[str, Any], message: str) -> None:
