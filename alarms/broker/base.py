@@ -469,7 +469,10 @@ class BaseBroker:
         for alarm in list(self.alarms.values()):
             expired = alarm.expires_at is not None and alarm.expires_at <= now
             if expired or (not alarm.announced and alarm.publish_at <= now):
-                event_id = event_id or events.format_event_id(self.head, _millis())
+                if event_id is None:
+                    event_id = events.format_event_id(self.head, _millis())
+                    if self.subscribers:
+                        self._defer_gc()
                 if expired:
                     del self.alarms[alarm.id]
                     self._fan_out(alarm if alarm.announced else None, None, now, event_id)

@@ -114,7 +114,12 @@ async def _events(
             if chunks:
                 yield b"".join(chunks)
             if sub.closed:
-                yield events.comment(f"closed: {sub.closed}")
+                closing = events.comment(f"closed: {sub.closed}")
+                if sub.closed == "replaced":
+                    # A newer stream of this user took its place: come back late, or
+                    # two clients over the cap would keep closing each other.
+                    closing += events.encode(retry=random.randint(30_000, 60_000))
+                yield closing
                 return
             if chunks is None:
                 yield events.comment()

@@ -262,6 +262,7 @@ def test_per_user_cap_closes_the_oldest(server_factory, make_user, session_cooki
         with pytest.raises(EOFError):
             oldest.next_event(3)
         assert "closed: replaced" in oldest.parser.comments
+        assert oldest.parser.retry >= 30_000  # it must not come straight back
         wait_for(lambda: metric(server, "alarms_streams_open") == 2)
     finally:
         for s in (oldest, middle, newest):
