@@ -40,6 +40,9 @@ DEFAULTS: dict[str, Any] = {
     # Seconds the cyclic garbage collector waits after a broadcast starts, so
     # that a full collection does not land among thousands of writes (0: off).
     "GC_PAUSE": 2.0,
+    # Seconds between SIGTERM and the server's own shutdown, in which every stream
+    # is ended with a short retry hint (0: leave SIGTERM to the server).
+    "SHUTDOWN_GRACE": 1.0,
     # Bearer token that may read /alarms/metrics/ besides staff users (None: staff only).
     "METRICS_TOKEN": None,
 }

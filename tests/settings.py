@@ -20,4 +20,5 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "NAME": str(BASE_DIR / "test-artifacts" / f"test-{os.getpid()}.sqlite3")
     }
 
-ALARMS = {"POLL_INTERVAL": 0.2}
+# No SIGTERM handler in the test process itself.
+ALARMS = {"POLL_INTERVAL": 0.2, "SHUTDOWN_GRACE": 0}

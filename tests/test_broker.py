@@ -162,13 +162,17 @@ class BrokerContract:
 class TestMemoryBroker(BrokerContract):
     broker_class = MemoryBroker
     # Polling every minute: a delivery within seconds proves the in-process wake-up.
-    settings = {"BROKER": "alarms.broker.memory.MemoryBroker", "POLL_INTERVAL": 60}
+    settings = {
+        "BROKER": "alarms.broker.memory.MemoryBroker",
+        "POLL_INTERVAL": 60,
+        "SHUTDOWN_GRACE": 0,
+    }
 
 
 @pytest.mark.postgres
 class TestPostgresBroker(BrokerContract):
     broker_class = PostgresBroker
-    settings = {"BROKER": "alarms.broker.postgres.PostgresBroker"}
+    settings = {"BROKER": "alarms.broker.postgres.PostgresBroker", "SHUTDOWN_GRACE": 0}
 
     def test_notify_wakes_it_without_the_local_hook(self, run, monkeypatch):
         monkeypatch.setattr(broker_module, "wake_local", lambda: None)

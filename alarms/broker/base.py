@@ -17,6 +17,8 @@ import contextlib
 import gc
 import itertools
 import logging
+import os
+import signal
 import threading
 import time
 from collections import defaultdict, deque
@@ -203,6 +205,7 @@ class BaseBroker:
         self.stats: dict[str, int] = defaultdict(int)
         self.timings: dict[str, float] = {"read_ms": 0.0, "fan_out_ms": 0.0}
         self._gc_timer: asyncio.TimerHandle | None = None
+        self.shutting_down = False
 
     # -- extension points -------------------------------------------------
 
@@ -241,6 +244,7 @@ class BaseBroker:
             await self.on_start()
             await self.run_db(self._load_all)
             self._task = loop.create_task(self._run(), name="alarms-broker")
+            self._install_shutdown_handler()
             self._started.set()
             logger.info(
                 "broker %s started at journal #%d with %d current alarms",
@@ -248,6 +252,43 @@ class BaseBroker:
                 self.head,
                 len(self.alarms),
             )
+
+    def _install_shutdown_handler(self) -> None:
+        """On SIGTERM, end every stream cleanly before the server's own handler runs.
+
+        Each stream gets a last comment and a short, jittered ``retry:``, so its
+        browser reconnects to another process at once and replays what it
+        missed, instead of seeing a reset. The server's handler (daphne's)
+        runs ``SHUTDOWN_GRACE`` seconds later, or at once on a second SIGTERM.
+        """
+        grace = float(self.config["SHUTDOWN_GRACE"])
+        loop = self.loop
+        if grace <= 0 or loop is None or threading.current_thread() is not threading.main_thread():
+            return
+        previous = signal.getsignal(signal.SIGTERM)
+
+        def hand_over(signum: int, frame: Any) -> None:
+            signal.signal(signal.SIGTERM, previous)
+            if callable(previous):
+                previous(signum, frame)
+            elif previous == signal.SIG_DFL:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+        def begin() -> None:
+            self.shutting_down = True
+            logger.info("SIGTERM: closing %d streams", len(self.subscribers))
+            for sub in list(self.subscribers):
+                sub.close("shutdown")
+            loop.call_later(grace, hand_over, signal.SIGTERM, None)
+
+        def on_sigterm(signum: int, frame: Any) -> None:
+            if self.shutting_down:
+                hand_over(signum, frame)
+            else:
+                # A signal handler may interrupt the loop anywhere: only schedule.
+                loop.call_soon_threadsafe(begin)
+
+        signal.signal(signal.SIGTERM, on_sigterm)
 
     async def stop(self) -> None:
         if self._gc_timer is not None:
@@ -518,7 +559,7 @@ class BaseBroker:
 
     def subscribe(self, state: ConnectState) -> Subscriber:
         """Register a stream (on the broker's loop, after :meth:`ensure_started`)."""
-        if len(self.subscribers) >= self.config["MAX_STREAMS"]:
+        if self.shutting_down or len(self.subscribers) >= self.config["MAX_STREAMS"]:
             raise BrokerFull
         sub = Subscriber(state.viewer, self.config["QUEUE_SIZE"])
         sub.seen, sub.dismissed = state.seen, state.dismissed

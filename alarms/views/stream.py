@@ -115,7 +115,10 @@ async def _events(
                 yield b"".join(chunks)
             if sub.closed:
                 closing = events.comment(f"closed: {sub.closed}")
-                if sub.closed == "replaced":
+                if sub.closed == "shutdown":
+                    # This process is going away: come back at once, spread over a second.
+                    closing += events.encode(retry=random.randint(100, 1000))
+                elif sub.closed == "replaced":
                     # A newer stream of this user took its place: come back late, or
                     # two clients over the cap would keep closing each other.
                     closing += events.encode(retry=random.randint(30_000, 60_000))

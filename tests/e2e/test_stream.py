@@ -355,3 +355,25 @@ def test_resume_never_names_another_users_alarm(server, make_user, session_cooki
     with open_stream(server, cookie, **{"Last-Event-ID": last_id}) as stream:
         got = [(e.event, e.json()["id"]) for e in stream.drain(0.7)]
     assert got == [("alarm", mine.pk)]
+
+
+def test_sigterm_ends_streams_with_a_retry_hint_and_nothing_is_lost(
+    server, make_user, session_cookie
+):
+    import signal
+
+    cookie = session_cookie(make_user("sig"))
+    with open_stream(server, cookie) as stream:
+        first = api.send_alarm(en("Before"))
+        assert stream.next_event(3).json()["id"] == first.pk
+        server.process.send_signal(signal.SIGTERM)
+        with pytest.raises(EOFError):
+            stream.drain(5)  # a clean end of the response, not a reset or a hang
+        last_id = stream.last_event_id
+    assert "closed: shutdown" in stream.parser.comments
+    assert stream.parser.retry <= 1000
+    server.process.wait(10)
+    during = api.send_alarm(en("While down"))
+    server.start()
+    with open_stream(server, cookie, **{"Last-Event-ID": last_id}) as stream:
+        assert [e.json()["id"] for e in stream.drain(0.7)] == [during.pk]
