@@ -109,14 +109,13 @@ class CachedAlarm:
 class Subscriber:
     """One open stream: a bounded queue of encoded events and a reason if closed."""
 
-    __slots__ = ("_queue", "_size", "_waiter", "closed", "dismissed", "id", "seen", "viewer")
+    __slots__ = ("_queue", "_size", "_waiter", "closed", "dismissed", "id", "viewer")
     _ids = itertools.count(1)
 
     def __init__(self, viewer: Viewer, queue_size: int) -> None:
         self.id = next(self._ids)
         self.viewer = viewer
         self.dismissed: set[int] = set()
-        self.seen: set[int] = set()
         self.closed: str | None = None
         self._queue: list[bytes] = []
         self._size = queue_size
@@ -201,7 +200,6 @@ class BaseBroker:
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._start_lock: asyncio.Lock | None = None
-        self._started = threading.Event()
         self.stats: dict[str, int] = defaultdict(int)
         self.timings: dict[str, float] = {"read_ms": 0.0, "fan_out_ms": 0.0}
         self._gc_timer: asyncio.TimerHandle | None = None
@@ -245,7 +243,6 @@ class BaseBroker:
             await self.run_db(self._load_all)
             self._task = loop.create_task(self._run(), name="alarms-broker")
             self._install_shutdown_handler()
-            self._started.set()
             logger.info(
                 "broker %s started at journal #%d with %d current alarms",
                 type(self).__name__,
@@ -562,7 +559,7 @@ class BaseBroker:
         if self.shutting_down or len(self.subscribers) >= self.config["MAX_STREAMS"]:
             raise BrokerFull
         sub = Subscriber(state.viewer, self.config["QUEUE_SIZE"])
-        sub.seen, sub.dismissed = state.seen, state.dismissed
+        sub.dismissed = state.dismissed
         self.subscribers.add(sub)
         user_id = state.viewer.user_id
         if user_id is not None:
@@ -585,14 +582,14 @@ class BaseBroker:
         if sub.closed:
             self.stats[f"closed_{sub.closed}"] += 1
 
-    def snapshot(self, sub: Subscriber) -> list[bytes]:
+    def snapshot(self, sub: Subscriber, seen: set[int]) -> list[bytes]:
         """What a fresh stream should show: live, visible, not dismissed, unseen or critical."""
         now = timezone.now()
         event_id = events.format_event_id(self.head, _millis())
         return [
             events.alarm(a.payload(sub.viewer.language), event_id)
             for a in self._deliverable(sub, now)
-            if a.id not in sub.seen or a.level == "critical"
+            if a.id not in seen or a.level == "critical"
         ]
 
     def _deliverable(self, sub: Subscriber, now: datetime) -> list[CachedAlarm]:

@@ -54,7 +54,10 @@ async def stream(request: HttpRequest) -> HttpResponse:
             missed = await broker.run_db(broker.read_missed, state.viewer, since, head)
         else:
             missed = None
-        first = broker.replay(sub, missed) if missed is not None else broker.snapshot(sub)
+        if missed is not None:
+            first = broker.replay(sub, missed)
+        else:
+            first = broker.snapshot(sub, state.seen)
     except BaseException:
         broker.unsubscribe(sub)
         raise

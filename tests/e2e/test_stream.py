@@ -248,6 +248,9 @@ def test_disconnect_frees_the_stream(server_factory, make_user, session_cookie):
     user = make_user("ida")
     streams = [open_stream(server, session_cookie(user)) for _ in range(5)]
     wait_for(lambda: metric(server, "alarms_streams_open") == 5)
+    assert metric(server, "alarms_last_fan_out_ms") == 0  # nothing broadcast yet
+    api.send_alarm(en("Counted"))
+    wait_for(lambda: metric(server, "alarms_last_read_ms") > 0)
     for stream in streams:
         stream.close()
     wait_for(lambda: metric(server, "alarms_streams_open") == 0)
