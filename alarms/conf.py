@@ -43,8 +43,28 @@ DEFAULTS: dict[str, Any] = {
     # Seconds between SIGTERM and the server's own shutdown, in which every stream
     # is ended with a short retry hint (0: leave SIGTERM to the server).
     "SHUTDOWN_GRACE": 1.0,
-    # Bearer token that may read /alarms/metrics/ besides staff users (None: staff only).
+    # Bearer token that may read /alarms/metrics/ and /alarms/health/ besides staff
+    # users (None: staff only).
     "METRICS_TOKEN": None,
+    # Streams one client address may hold in one process; beyond it the stream
+    # answers 429 (None: no cap). Behind a proxy, run daphne with --proxy-headers
+    # so that the address is the client's, not the proxy's.
+    "MAX_STREAMS_PER_ADDRESS": 100,
+    # Seconds a stream's socket may refuse more data (a client that stopped
+    # reading) before the connection is dropped. Needs alarms.asgi.flow_control.
+    "SLOW_CLIENT_TIMEOUT": 30,
+    # Origins ("https://app.example.com") whose pages may open the stream and post
+    # seen/dismiss with credentials (CORS). Same-origin pages need no entry.
+    "CORS_ALLOWED_ORIGINS": [],
+    # Storm control: at most STORM_LIMIT alarms to one audience per STORM_WINDOW
+    # seconds (None: no cap).
+    "STORM_LIMIT": 10,
+    "STORM_WINDOW": 60,
+    # prune_alarms: days an ended (expired or withdrawn) alarm, with its receipts,
+    # is kept; days the change journal is kept (a client offline longer than that
+    # resumes from a fresh snapshot instead of an exact replay).
+    "RETENTION_DAYS": 90,
+    "JOURNAL_RETENTION_DAYS": 7,
 }
 
 
