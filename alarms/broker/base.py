@@ -42,7 +42,11 @@ T = TypeVar("T")
 
 
 class BrokerFull(Exception):
-    """The process holds ``MAX_STREAMS`` streams already."""
+    """The process holds ``MAX_STREAMS`` streams already (or is shutting down)."""
+
+
+class AddressFull(BrokerFull):
+    """The client's address holds ``MAX_STREAMS_PER_ADDRESS`` streams already."""
 
 
 @dataclass(frozen=True)
@@ -109,12 +113,13 @@ class CachedAlarm:
 class Subscriber:
     """One open stream: a bounded queue of encoded events and a reason if closed."""
 
-    __slots__ = ("_queue", "_size", "_waiter", "closed", "dismissed", "id", "viewer")
+    __slots__ = ("_queue", "_size", "_waiter", "address", "closed", "dismissed", "id", "viewer")
     _ids = itertools.count(1)
 
-    def __init__(self, viewer: Viewer, queue_size: int) -> None:
+    def __init__(self, viewer: Viewer, queue_size: int, address: str = "") -> None:
         self.id = next(self._ids)
         self.viewer = viewer
+        self.address = address
         self.dismissed: set[int] = set()
         self.closed: str | None = None
         self._queue: list[bytes] = []
@@ -127,6 +132,12 @@ class Subscriber:
         if len(self._queue) >= self._size:
             # Too slow to keep up: close it; the client reconnects and replays.
             self.close("slow")
+            logger.warning(
+                "stream %d dropped: %d events queued unread (slow)",
+                self.id,
+                self._size,
+                extra={"event": "stream_slow", "stream": self.id, "address": self.address},
+            )
             return
         self._queue.append(chunk)
         self._wake()
@@ -193,6 +204,7 @@ class BaseBroker:
         self.head = 0
         self.subscribers: set[Subscriber] = set()
         self.by_user: dict[int, deque[Subscriber]] = defaultdict(deque)
+        self.by_address: dict[str, int] = defaultdict(int)
         self.loop: asyncio.AbstractEventLoop | None = None
         self._executor = ThreadPoolExecutor(
             max_workers=self.config["DB_THREADS"], thread_name_prefix="alarms-db"
@@ -201,7 +213,8 @@ class BaseBroker:
         self._task: asyncio.Task[None] | None = None
         self._start_lock: asyncio.Lock | None = None
         self.stats: dict[str, int] = defaultdict(int)
-        self.timings: dict[str, float] = {"read_ms": 0.0, "fan_out_ms": 0.0}
+        # lag_s: from the newest journal row's insert to the broker's read of it.
+        self.timings: dict[str, float] = {"read_ms": 0.0, "fan_out_ms": 0.0, "lag_s": 0.0}
         self._gc_timer: asyncio.TimerHandle | None = None
         self.shutting_down = False
 
@@ -373,17 +386,21 @@ class BaseBroker:
             )
         return result
 
-    def _read_changes(self, head: int) -> tuple[list[tuple[int, int, str, int | None]], dict]:
+    def _read_changes(
+        self, head: int
+    ) -> tuple[list[tuple[int, int, str, int | None]], dict, datetime | None]:
         from alarms.models import AlarmChange
 
-        rows = list(
+        found = list(
             AlarmChange.objects.using(self.alias)
             .filter(id__gt=head)
             .order_by("id")
-            .values_list("id", "alarm_id", "kind", "user_id")[:10000]
+            .values_list("id", "alarm_id", "kind", "user_id", "created_at")[:10000]
         )
+        rows = [row[:4] for row in found]
+        newest = found[-1][4] if found else None
         changed = {alarm_id for _id, alarm_id, kind, _u in rows if kind == "alarm"}
-        return rows, (self._load_alarms(changed) if changed else {})
+        return rows, (self._load_alarms(changed) if changed else {}), newest
 
     # -- the loop ----------------------------------------------------------
 
@@ -409,16 +426,18 @@ class BaseBroker:
     async def refresh(self) -> None:
         """Read the journal past ``head`` and the clock; push what changed."""
         started = time.perf_counter()
-        rows, loaded = await self.run_db(self._read_changes, self.head)
+        rows, loaded, newest = await self.run_db(self._read_changes, self.head)
         self.stats["reads"] += 1
         read = time.perf_counter()
+        if newest is not None:
+            self.timings["lag_s"] = max(0.0, (timezone.now() - newest).total_seconds())
         if rows and self.subscribers:
             self._defer_gc()
         while rows:
             self._apply(rows, loaded)
             if len(rows) < 10000:
                 break
-            rows, loaded = await self.run_db(self._read_changes, self.head)
+            rows, loaded, _newest = await self.run_db(self._read_changes, self.head)
         self._tick()
         if rows:
             done = time.perf_counter()
@@ -554,13 +573,20 @@ class BaseBroker:
                 dismissed.add(alarm_id)
         return ConnectState(viewer, seen, dismissed)
 
-    def subscribe(self, state: ConnectState) -> Subscriber:
+    def subscribe(self, state: ConnectState, address: str = "") -> Subscriber:
         """Register a stream (on the broker's loop, after :meth:`ensure_started`)."""
         if self.shutting_down or len(self.subscribers) >= self.config["MAX_STREAMS"]:
+            self.stats["refused_full"] += 1
             raise BrokerFull
-        sub = Subscriber(state.viewer, self.config["QUEUE_SIZE"])
+        per_address = self.config["MAX_STREAMS_PER_ADDRESS"]
+        if address and per_address is not None and self.by_address[address] >= per_address:
+            self.stats["refused_address"] += 1
+            raise AddressFull
+        sub = Subscriber(state.viewer, self.config["QUEUE_SIZE"], address)
         sub.dismissed = state.dismissed
         self.subscribers.add(sub)
+        if address:
+            self.by_address[address] += 1
         user_id = state.viewer.user_id
         if user_id is not None:
             mine = self.by_user[user_id]
@@ -571,7 +597,15 @@ class BaseBroker:
         return sub
 
     def unsubscribe(self, sub: Subscriber) -> None:
+        if sub not in self.subscribers:
+            return
         self.subscribers.discard(sub)
+        if sub.address:
+            left = self.by_address[sub.address] - 1
+            if left > 0:
+                self.by_address[sub.address] = left
+            else:
+                del self.by_address[sub.address]
         user_id = sub.viewer.user_id
         if user_id is not None and user_id in self.by_user:
             mine = self.by_user[user_id]

@@ -49,9 +49,23 @@ async def metrics(request: HttpRequest) -> HttpResponse:
         "# HELP alarms_last_fan_out_ms How long queueing the last changes to every stream took.",
         "# TYPE alarms_last_fan_out_ms gauge",
         f"alarms_last_fan_out_ms {broker.timings['fan_out_ms']:.1f}",
+        "# HELP alarms_broker_lag_seconds From the newest journal row's write to its read.",
+        "# TYPE alarms_broker_lag_seconds gauge",
+        f"alarms_broker_lag_seconds {broker.timings['lag_s']:.3f}",
         "# HELP alarms_connects_total Streams opened.",
         "# TYPE alarms_connects_total counter",
         f"alarms_connects_total {stats['connects']}",
+        "# HELP alarms_resumes_total Reconnects that replayed exactly what was missed.",
+        "# TYPE alarms_resumes_total counter",
+        f"alarms_resumes_total {stats['resumes']}",
+        "# HELP alarms_resumes_snapshot_total Reconnects whose Last-Event-ID was unknown or "
+        "pruned (a fresh snapshot was sent).",
+        "# TYPE alarms_resumes_snapshot_total counter",
+        f"alarms_resumes_snapshot_total {stats['resumes_snapshot']}",
+        "# HELP alarms_streams_refused_total Streams refused, by reason.",
+        "# TYPE alarms_streams_refused_total counter",
+        f'alarms_streams_refused_total{{reason="full"}} {stats["refused_full"]}',
+        f'alarms_streams_refused_total{{reason="address"}} {stats["refused_address"]}',
         "# HELP alarms_events_total Events queued to streams.",
         "# TYPE alarms_events_total counter",
         f"alarms_events_total {stats['events']}",
@@ -64,7 +78,8 @@ async def metrics(request: HttpRequest) -> HttpResponse:
         "# HELP alarms_streams_closed_total Streams the server closed, by reason.",
         "# TYPE alarms_streams_closed_total counter",
     ]
-    for reason in ("slow", "replaced", "lifetime", "shutdown"):
+    # slow: its queue overflowed; stalled: its socket stayed full (alarms.asgi).
+    for reason in ("slow", "stalled", "replaced", "lifetime", "shutdown"):
         lines.append(
             f'alarms_streams_closed_total{{reason="{reason}"}} {stats["closed_" + reason]}'
         )

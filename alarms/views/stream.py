@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import sys
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -18,11 +19,13 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
 from alarms import events
+from alarms.asgi import SCOPE_KEY
 from alarms.broker import get_broker
-from alarms.broker.base import BaseBroker, BrokerFull, ConnectState, Subscriber
+from alarms.broker.base import AddressFull, BaseBroker, BrokerFull, ConnectState, Subscriber
 from alarms.translation import supported_language
 
 logger = logging.getLogger("alarms.stream")
+_warned_no_flow_control = False
 
 
 @never_cache
@@ -30,24 +33,41 @@ logger = logging.getLogger("alarms.stream")
 async def stream(request: HttpRequest) -> HttpResponse:
     broker = get_broker()
     await broker.ensure_started()
+    _check_flow_control(request)
     language = stream_language(request)
     since = events.parse_event_id(
         request.headers.get("Last-Event-ID") or request.GET.get("last_event_id")
     )
+    address = request.META.get("REMOTE_ADDR") or ""
     # Sessions, the user and their receipts are read in the broker's own
     # database threads, so a storm of connects cannot open a connection each.
     # The ids are taken here, on the loop: the broker changes that dict.
     state: ConnectState = await broker.run_db(_load, broker, request, language, list(broker.alarms))
     try:
-        sub = broker.subscribe(state)
-    except BrokerFull:
-        response = HttpResponse(
-            "This server holds as many alarm streams as it may; try again shortly.\n",
-            status=503,
-            content_type="text/plain; charset=utf-8",
+        sub = broker.subscribe(state, address)
+    except AddressFull:
+        limit = broker.config["MAX_STREAMS_PER_ADDRESS"]
+        logger.warning(
+            "stream refused: %s holds %d streams already",
+            address,
+            limit,
+            extra={"event": "stream_refused", "reason": "address", "address": address},
         )
-        response["Retry-After"] = str(random.randint(5, 30))
-        return response
+        return _refuse(
+            429,
+            f"Too many alarm streams from this address (at most {limit}); close some "
+            "tabs or try again later.\n",
+        )
+    except BrokerFull:
+        logger.warning(
+            "stream refused: this process holds %d streams%s",
+            len(broker.subscribers),
+            " and is shutting down" if broker.shutting_down else "",
+            extra={"event": "stream_refused", "reason": "full", "address": address},
+        )
+        return _refuse(
+            503, "This server holds as many alarm streams as it may; try again shortly.\n"
+        )
     head = broker.head
     try:
         if since is not None:
@@ -56,11 +76,31 @@ async def stream(request: HttpRequest) -> HttpResponse:
             missed = None
         if missed is not None:
             first = broker.replay(sub, missed)
+            broker.stats["resumes"] += 1
         else:
             first = broker.snapshot(sub, state.seen)
+            if since is not None:
+                broker.stats["resumes_snapshot"] += 1
     except BaseException:
         broker.unsubscribe(sub)
         raise
+    logger.info(
+        "stream %d opened: user %s, %s, %s (%d events)",
+        sub.id,
+        state.viewer.user_id or "-",
+        language,
+        "resumed" if missed is not None else "snapshot",
+        len(first),
+        extra={
+            "event": "stream_opened",
+            "stream": sub.id,
+            "user": state.viewer.user_id,
+            "language": language,
+            "address": address,
+            "resumed": missed is not None,
+            "replayed": len(first),
+        },
+    )
     # GZipMiddleware reads Accept-Encoding after the view: without it there, it
     # leaves the stream alone (a compressor buffers, and events would stall).
     request.META.pop("HTTP_ACCEPT_ENCODING", None)
@@ -72,6 +112,27 @@ async def stream(request: HttpRequest) -> HttpResponse:
     response["Content-Language"] = state.viewer.language
     response["Vary"] = "Cookie, Accept-Language"
     return response
+
+
+def _refuse(status: int, text: str) -> HttpResponse:
+    response = HttpResponse(text, status=status, content_type="text/plain; charset=utf-8")
+    # Spread the retries of everyone refused at once.
+    response["Retry-After"] = str(random.randint(5, 30))
+    return response
+
+
+def _check_flow_control(request: HttpRequest) -> None:
+    """Warn once if daphne serves streams without :func:`alarms.asgi.flow_control`."""
+    global _warned_no_flow_control
+    if _warned_no_flow_control or "daphne" not in sys.modules:
+        return
+    if not getattr(request, "scope", {}).get(SCOPE_KEY):
+        _warned_no_flow_control = True
+        logger.warning(
+            "daphne serves alarm streams without backpressure: a client that stops reading "
+            "is buffered without bound. Wrap the ASGI application with "
+            "alarms.asgi.flow_control (see docs/deployment.md)."
+        )
 
 
 def stream_language(request: HttpRequest) -> str:
@@ -96,8 +157,8 @@ async def _events(
     heartbeat = float(config["HEARTBEAT"])
     # Jitter spreads the reconnects of streams that opened together.
     lifetime = float(config["MAX_LIFETIME"]) * random.uniform(0.85, 1.0)
-    deadline = time.monotonic() + lifetime
-    logger.debug("stream %d opened for user %s", sub.id, sub.viewer.user_id)
+    opened = time.monotonic()
+    deadline = opened + lifetime
     # By the first step of the body every middleware has run its response
     # hooks, so the request's thread is not needed again until the end.
     _release_request_thread()
@@ -134,7 +195,22 @@ async def _events(
         raise
     finally:
         broker.unsubscribe(sub)
-        logger.debug("stream %d closed (%s)", sub.id, sub.closed or "client")
+        reason = sub.closed or "client"
+        duration = time.monotonic() - opened
+        logger.info(
+            "stream %d closed (%s) after %.0f s",
+            sub.id,
+            reason,
+            duration,
+            extra={
+                "event": "stream_closed",
+                "stream": sub.id,
+                "user": sub.viewer.user_id,
+                "address": sub.address,
+                "reason": reason,
+                "duration_s": round(duration, 1),
+            },
+        )
 
 
 def _slim(request: HttpRequest) -> None:

@@ -1,0 +1,167 @@
+"""Backpressure for event streams under daphne: wrap the ASGI application.
+
+    from alarms.asgi import flow_control
+    application = flow_control(get_asgi_application())
+
+ASGI servers such as uvicorn and hypercorn make ``await send(...)`` wait while
+the client's socket is full, so a stream whose client stopped reading stops
+producing. Daphne does not: every chunk is appended to Twisted's write buffer
+at once, and a client that never reads grows the server's memory for as long
+as the stream lives. This wrapper restores the usual ASGI contract for
+``text/event-stream`` responses: it registers itself as the Twisted request's
+streaming producer, and after each chunk waits while Twisted says its buffer
+(64 KiB) is full. A socket that stays full for ``ALARMS["SLOW_CLIENT_TIMEOUT"]``
+seconds is aborted, which frees the buffered data at once; the client, if it
+is still there, reconnects and replays from its ``Last-Event-ID``.
+
+While the stream waits, the broker keeps queueing its events; past
+``QUEUE_SIZE`` it closes the stream as too slow, so memory per stuck client is
+bounded either way. Other streams are not held up: nothing here blocks the loop.
+
+Under any other server the wrapper passes requests through untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import sys
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from alarms.conf import get_config
+
+logger = logging.getLogger("alarms.stream")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+#: Set in the scope of requests served through :func:`flow_control`.
+SCOPE_KEY = "alarms.flow_control"
+
+
+def flow_control(application: ASGIApp) -> ASGIApp:
+    """Wrap an ASGI application so event streams get backpressure under daphne."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        request = _twisted_request(send) if scope.get("type") == "http" else None
+        if request is None:
+            await application(scope, receive, send)
+            return
+        valve = _Valve(request, float(get_config()["SLOW_CLIENT_TIMEOUT"]))
+        scope[SCOPE_KEY] = True
+
+        async def send_with_backpressure(message: Message) -> None:
+            kind = message.get("type")
+            if kind == "http.response.start":
+                await send(message)
+                if _is_event_stream(message):
+                    valve.open()
+            elif kind == "http.response.body" and valve.registered:
+                if not message.get("more_body", False):
+                    # Twisted complains about a producer left registered at finish().
+                    valve.close()
+                    await send(message)
+                    return
+                await send(message)
+                await valve.writable(scope)
+            else:
+                await send(message)
+
+        try:
+            await application(scope, receive, send_with_backpressure)
+        finally:
+            valve.close()
+
+    return app
+
+
+def _twisted_request(send: Send) -> Any | None:
+    """Daphne's request object behind ``send``, or None under another server.
+
+    Daphne hands each application ``partial(server.handle_reply, protocol)``,
+    the protocol being a ``twisted.web.http.Request``.
+    """
+    if "twisted.web.http" not in sys.modules or not isinstance(send, functools.partial):
+        return None
+    from twisted.web.http import Request
+
+    request = send.args[0] if send.args else None
+    return request if isinstance(request, Request) else None
+
+
+def _is_event_stream(message: Message) -> bool:
+    for name, value in message.get("headers", ()):
+        if name.lower() == b"content-type":
+            return value.split(b";")[0].strip().lower() == b"text/event-stream"
+    return False
+
+
+class _Valve:
+    """A Twisted streaming producer that turns pause/resume into an awaitable."""
+
+    def __init__(self, request: Any, timeout: float) -> None:
+        self.request = request
+        self.timeout = timeout
+        self.registered = False
+        self._writable = asyncio.Event()
+        self._writable.set()
+
+    def open(self) -> None:
+        if self.request.channel is None or self.request.producer is not None:
+            return
+        self.request.registerProducer(self, True)
+        self.registered = True
+
+    def close(self) -> None:
+        if not self.registered:
+            return
+        self.registered = False
+        self._writable.set()
+        if self.request.channel is not None:
+            self.request.unregisterProducer()
+        else:
+            self.request.producer = None  # the connection is gone with its channel
+
+    # IPushProducer, called by Twisted on this (the loop's) thread.
+    def pauseProducing(self) -> None:
+        self._writable.clear()
+
+    def resumeProducing(self) -> None:
+        self._writable.set()
+
+    def stopProducing(self) -> None:
+        self._writable.set()
+
+    async def writable(self, scope: Scope) -> None:
+        if self._writable.is_set():
+            return
+        started = time.monotonic()
+        try:
+            await asyncio.wait_for(self._writable.wait(), self.timeout)
+        except TimeoutError:
+            self._abort(scope, time.monotonic() - started)
+
+    def _abort(self, scope: Scope, waited: float) -> None:
+        channel = self.request.channel
+        transport = getattr(channel, "transport", None)
+        client = scope.get("client") or ("-", 0)
+        logger.warning(
+            "stream dropped: client %s read nothing for %.0f s (stalled)",
+            client[0],
+            waited,
+            extra={"event": "stream_stalled", "address": client[0], "waited_s": round(waited, 1)},
+        )
+        from alarms.broker import get_broker
+
+        get_broker().stats["closed_stalled"] += 1
+        self.close()
+        if transport is not None:
+            # Dropping the connection frees Twisted's buffer; daphne then tells
+            # the application the client is gone, which ends the stream.
+            transport.abortConnection()
