@@ -60,6 +60,12 @@ def format_event_id(seq: int, millis: int) -> str:
     return f"{seq}-{millis}"
 
 
+# Beyond these a client's id cannot be ours: a journal id is a signed 64-bit
+# integer, and a time past 9999-12-31 is no datetime (a resume would fail).
+MAX_SEQUENCE = 2**63 - 1
+MAX_MILLIS = 253_402_300_799_999
+
+
 def parse_event_id(raw: str | None) -> tuple[int, int] | None:
     """``(journal sequence, unix milliseconds)`` from a Last-Event-ID, or None if malformed."""
     if not raw or len(raw) > 64:
@@ -68,5 +74,7 @@ def parse_event_id(raw: str | None) -> tuple[int, int] | None:
     if not sep or not seq.isdigit() or not millis.isdigit() or not seq.isascii():
         return None
     if not millis.isascii():
+        return None
+    if int(seq) > MAX_SEQUENCE or int(millis) > MAX_MILLIS:
         return None
     return int(seq), int(millis)

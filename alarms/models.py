@@ -10,7 +10,7 @@ from django.utils.translation import gettext_lazy as _
 
 from alarms.querysets import AlarmQuerySet
 from alarms.translation import language_choices
-from alarms.validators import validate_link
+from alarms.validators import validate_link, validate_storable_text
 
 
 class Level(models.TextChoices):
@@ -144,8 +144,8 @@ class AlarmTranslation(models.Model):
         Alarm, verbose_name=_("alarm"), on_delete=models.CASCADE, related_name="translations"
     )
     language_code = models.CharField(_("language"), max_length=15, choices=language_choices)
-    title = models.CharField(_("title"), max_length=200)
-    message = models.TextField(_("message"), max_length=10000)
+    title = models.CharField(_("title"), max_length=200, validators=[validate_storable_text])
+    message = models.TextField(_("message"), max_length=10000, validators=[validate_storable_text])
 
     class Meta:
         verbose_name = _("translation")

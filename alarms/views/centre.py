@@ -107,7 +107,8 @@ def _dismiss(request: HttpRequest) -> HttpResponse:
         ids = list(Alarm.objects.for_user(request.user).values_list("pk", flat=True))
     else:
         raw = request.POST.get("dismiss", "")
-        if not raw.isdigit() or len(raw) > 18:
+        # isdigit() alone takes "²", which int() refuses.
+        if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
             return HttpResponseBadRequest("Not an alarm id.")
         ids = [int(raw)]
     count = api.dismiss(request.user, ids) if ids else 0
