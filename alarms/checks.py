@@ -77,4 +77,44 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
                     f"ALARMS[{key!r}] must be a positive number, not {value!r}.", id="alarms.E004"
                 )
             )
+    messages.extend(cors_origin_errors(config["CORS_ALLOWED_ORIGINS"]))
     return messages
+
+
+def cors_origin_errors(origins: Any) -> list[Error]:
+    """``CORS_ALLOWED_ORIGINS`` must list exact origins: credentials rule out ``"*"``."""
+    from alarms.cors import normalise_origin
+
+    hint = (
+        "List each origin as the browser sends it in the Origin header: scheme://host[:port], "
+        "e.g. 'https://app.example.com', with no path and no trailing slash."
+    )
+    if not isinstance(origins, list | tuple):
+        return [
+            Error(
+                f"ALARMS['CORS_ALLOWED_ORIGINS'] must be a list of origins, not {origins!r}.",
+                hint=hint,
+                id="alarms.E006",
+            )
+        ]
+    errors = []
+    for origin in origins:
+        if isinstance(origin, str) and "*" in origin:
+            errors.append(
+                Error(
+                    f"ALARMS['CORS_ALLOWED_ORIGINS'] may not contain wildcards: {origin!r}.",
+                    hint="The stream and the receipts are read with credentials (the session "
+                    "cookie), which browsers never allow for '*'. List each origin.",
+                    id="alarms.E006",
+                )
+            )
+        elif normalise_origin(origin) is None:
+            errors.append(
+                Error(
+                    f"ALARMS['CORS_ALLOWED_ORIGINS'] has an entry that is not an origin: "
+                    f"{origin!r}.",
+                    hint=hint,
+                    id="alarms.E006",
+                )
+            )
+    return errors

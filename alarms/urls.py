@@ -2,14 +2,16 @@ from __future__ import annotations
 
 from django.urls import path
 
-from alarms.views import centre, metrics, receipts, stream
+from alarms.cors import cors
+from alarms.views import centre, health, metrics, receipts, stream
 
 app_name = "alarms"
 
 urlpatterns = [
     path("", centre.centre, name="centre"),
-    path("stream/", stream.stream, name="stream"),
-    path("seen/", receipts.seen, name="seen"),
-    path("dismiss/", receipts.dismiss, name="dismiss"),
+    path("stream/", cors("GET")(stream.stream), name="stream"),
+    path("seen/", cors("POST")(receipts.seen), name="seen"),
+    path("dismiss/", cors("POST")(receipts.dismiss), name="dismiss"),
     path("metrics/", metrics.metrics, name="metrics"),
+    path("health/", health.health, name="health"),
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from typing import Any
+from urllib.parse import urljoin
 
 from django import template
 from django.conf import settings
@@ -118,8 +119,21 @@ def user_scope(user: Any) -> str:
     return salted_hmac("alarms.scope", str(user.pk), algorithm="sha256").hexdigest()[:20]
 
 
+def endpoint(name: str, origin: str = "") -> str:
+    """The URL of an alarm endpoint, on ``origin`` when the alarms are served from another one."""
+    path = reverse(name)
+    return urljoin(origin.rstrip("/") + "/", path) if origin else path
+
+
 @register.simple_tag(takes_context=True)
-def alarms_toasts(context: template.Context, auto_hide: int = 6000, max_visible: int = 3) -> str:
+def alarms_toasts(
+    context: template.Context, auto_hide: int = 6000, max_visible: int = 3, origin: str = ""
+) -> str:
+    """``origin="https://alarms.example.com"``: stream and receipts from that server (CORS).
+
+    That server must list this site's origin in ``ALARMS["CORS_ALLOWED_ORIGINS"]``;
+    the script then sends credentials by CORS and no CSRF token.
+    """
     request = context.get("request")
     if request is None:
         return ""
@@ -127,11 +141,12 @@ def alarms_toasts(context: template.Context, auto_hide: int = 6000, max_visible:
     return toasts_html(
         css_url=static("alarms/alarms.css"),
         js_url=static("alarms/alarms.js"),
-        stream_url=reverse("alarms:stream"),
-        seen_url=reverse("alarms:seen"),
-        dismiss_url=reverse("alarms:dismiss"),
-        csrf_token=get_token(request),
-        csrf_cookie="" if settings.CSRF_USE_SESSIONS else settings.CSRF_COOKIE_NAME,
+        stream_url=endpoint("alarms:stream", origin),
+        seen_url=endpoint("alarms:seen", origin),
+        dismiss_url=endpoint("alarms:dismiss", origin),
+        # Another origin needs no token from this one (nor a CSRF cookie set for it).
+        csrf_token="" if origin else get_token(request),
+        csrf_cookie="" if origin or settings.CSRF_USE_SESSIONS else settings.CSRF_COOKIE_NAME,
         language=translation.get_language() or settings.LANGUAGE_CODE,
         authenticated=bool(getattr(user, "is_authenticated", False)),
         scope=user_scope(user),

@@ -287,18 +287,37 @@
     return config.csrfToken;
   }
 
+  // A page may use alarms served by another origin (absolute data-*-url
+  // attributes); that server must list this page's origin for CORS.
+  function isCrossOrigin(url) {
+    try {
+      return new URL(url, window.location.href).origin !== window.location.origin;
+    } catch (e) {
+      return false;
+    }
+  }
+
   function postIds(url, ids, keepalive) {
     if (!url || !ids.length || !window.fetch) {
       return Promise.resolve(true);
     }
+    var request = {
+      method: "POST",
+      credentials: "same-origin",
+      keepalive: !!keepalive,
+      headers: { "Content-Type": "application/json", "X-CSRFToken": csrfToken() },
+      body: JSON.stringify({ ids: ids.slice(0, 200) })
+    };
+    if (isCrossOrigin(url)) {
+      // The session cookie goes along by CORS. No CSRF token: this page cannot
+      // read the other origin's, and the server takes JSON from a listed origin
+      // without one (the content type forces a preflight).
+      request.mode = "cors";
+      request.credentials = "include";
+      request.headers = { "Content-Type": "application/json" };
+    }
     return window
-      .fetch(url, {
-        method: "POST",
-        credentials: "same-origin",
-        keepalive: !!keepalive,
-        headers: { "Content-Type": "application/json", "X-CSRFToken": csrfToken() },
-        body: JSON.stringify({ ids: ids.slice(0, 200) })
-      })
+      .fetch(url, request)
       .then(function (response) {
         // 4xx will not get better by retrying.
         return response.ok || (response.status >= 400 && response.status < 500);
@@ -535,7 +554,11 @@
     if (!leader) {
       return;
     }
-    var es = new EventSource(streamUrl(resume));
+    var url = streamUrl(resume);
+    // Across origins the session cookie is sent only when asked for.
+    var es = isCrossOrigin(url)
+      ? new EventSource(url, { withCredentials: true })
+      : new EventSource(url);
     source = es;
     opened = false;
     es.onopen = function () {
