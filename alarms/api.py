@@ -12,7 +12,8 @@ from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from alarms import journal
+from alarms import journal, storm
+from alarms.conf import get_config
 from alarms.models import Alarm, AlarmReceipt, AlarmTranslation, Audience, Level
 from alarms.validators import is_safe_link
 
@@ -39,7 +40,9 @@ def send_alarm(
     ``translations`` maps a language code of ``settings.LANGUAGES`` to
     ``{"title": ..., "message": ...}``; the ``LANGUAGE_CODE`` one is required.
     ``audience`` defaults to "selected" when users or groups are given, else to
-    "authenticated". Raises ``ValueError`` with a readable message on bad input.
+    "authenticated". Raises ``ValueError`` with a readable message on bad input, and
+    ``alarms.storm.StormLimitExceeded`` (a ``ValueError``) when the audience already
+    had ``ALARMS["STORM_LIMIT"]`` alarms within ``ALARMS["STORM_WINDOW"]`` seconds.
     """
     users = list(users)
     groups = [_group(g) for g in groups]
@@ -64,7 +67,18 @@ def send_alarm(
     if expires_at is not None and expires_at <= publish_at:
         raise ValueError("expires_at must be after publish_at.")
 
-    with transaction.atomic():
+    alias = get_config()["DATABASE"]
+    # The storm check and the insert in one transaction: check() takes a lock that
+    # keeps a concurrent sender from counting before this alarm is committed.
+    with transaction.atomic(using=alias), transaction.atomic(savepoint=False):
+        storm.check(
+            audience,
+            publish_at=publish_at,
+            expires_at=expires_at,
+            user_ids=[getattr(u, "pk", u) for u in users],
+            group_ids=[g.pk for g in groups],
+            using=alias,
+        )
         alarm = Alarm.objects.create(
             level=level,
             audience=audience,

@@ -10,6 +10,7 @@ from django.core.exceptions import ValidationError
 from django.forms.models import BaseInlineFormSet
 from django.utils.translation import gettext_lazy as _
 
+from alarms import storm
 from alarms.models import Alarm, Audience
 
 
@@ -59,7 +60,44 @@ class AlarmAdminForm(forms.ModelForm):
             for name, value in (("users", users), ("groups", groups)):
                 if value:
                     self.add_error(name, message)
+        if not self.errors and self._reaches_readers_anew(cleaned):
+            # The admin validates inside the transaction that saves, so the lock
+            # check() takes lasts until this alarm is committed.
+            try:
+                storm.check(
+                    cleaned["audience"],
+                    publish_at=cleaned["publish_at"],
+                    expires_at=cleaned.get("expires_at"),
+                    user_ids=[u.pk for u in users or ()],
+                    group_ids=[g.pk for g in groups or ()],
+                    exclude=self.instance.pk,
+                )
+            except storm.StormLimitExceeded as exc:
+                raise ValidationError(str(exc), code="storm_limit") from exc
         return cleaned
+
+    def _reaches_readers_anew(self, cleaned: dict[str, Any]) -> bool:
+        """Whether saving publishes the alarm to an audience, so storm control applies.
+
+        A withdrawn alarm reaches nobody; an edit that keeps the audience and the
+        publication (a typo fixed, an expiry moved) sends nothing new. Compared with
+        the saved alarm rather than the form's initial data, which a client may omit.
+        """
+        if cleaned.get("withdrawn"):
+            return False
+        old = self.instance
+        if old.pk is None or old.withdrawn_at is not None:
+            return True
+        # To the second: the admin's widgets drop microseconds.
+        if cleaned["publish_at"].replace(microsecond=0) != old.publish_at.replace(microsecond=0):
+            return True
+        if cleaned["audience"] != old.audience:
+            return True
+        users = {u.pk for u in cleaned.get("users") or ()}
+        groups = {g.pk for g in cleaned.get("groups") or ()}
+        return users != set(old.users.values_list("pk", flat=True)) or groups != set(
+            old.groups.values_list("pk", flat=True)
+        )
 
 
 class AlarmTranslationFormSet(BaseInlineFormSet):
