@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable, Iterable
-from functools import wraps
+from functools import cache, wraps
 from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
@@ -84,7 +84,7 @@ def normalise_origin(value: str) -> str | None:
     return f"{scheme}://{host}:{port}"
 
 
-def allowed_origins() -> set[str]:
+def allowed_origins() -> frozenset[str]:
     """The configured origins, normalised; entries that are not origins are left out.
 
     The system check ``alarms.E006`` reports those; at run time they allow nothing.
@@ -92,8 +92,13 @@ def allowed_origins() -> set[str]:
     configured = get_config()["CORS_ALLOWED_ORIGINS"] or ()
     if isinstance(configured, str):
         configured = (configured,)
+    return _normalised(tuple(o for o in configured if isinstance(o, str)))
+
+
+@cache
+def _normalised(configured: tuple[str, ...]) -> frozenset[str]:
     found = (normalise_origin(origin) for origin in configured)
-    return {origin for origin in found if origin}
+    return frozenset(origin for origin in found if origin)
 
 
 def _own_origin(request: HttpRequest) -> str | None:

@@ -18,6 +18,7 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString, mark_safe
 from django.utils.translation import gettext
 
+from alarms.cors import normalise_origin
 from alarms.models import Alarm, Level
 
 register = template.Library()
@@ -122,7 +123,7 @@ def user_scope(user: Any) -> str:
 def endpoint(name: str, origin: str = "") -> str:
     """The URL of an alarm endpoint, on ``origin`` when the alarms are served from another one."""
     path = reverse(name)
-    return urljoin(origin.rstrip("/") + "/", path) if origin else path
+    return urljoin(origin + "/", path) if origin else path
 
 
 @register.simple_tag(takes_context=True)
@@ -134,6 +135,8 @@ def alarms_toasts(
     That server must list this site's origin in ``ALARMS["CORS_ALLOWED_ORIGINS"]``;
     the script then sends credentials by CORS and no CSRF token.
     """
+    if origin and normalise_origin(origin) is None:
+        raise ValueError(f"alarms_toasts: origin must be scheme://host[:port], not {origin!r}.")
     request = context.get("request")
     if request is None:
         return ""
