@@ -137,6 +137,10 @@ is_postgres_url() {
 
 # ---------------------------------------------------------------------------
 # A throwaway PostgreSQL cluster: pg_start sets PG_URL, pg_stop removes it all.
+# pg_start also exports what a test needs to restart the cluster itself (the
+# fault tests in tests/e2e/test_faults.py): ALARMS_TEST_PG_DATA (its data
+# directory), ALARMS_TEST_PG_CTL (pg_ctl), ALARMS_TEST_PG_USER (the OS user it
+# runs as) and ALARMS_TEST_PG_LOG (its server log).
 # ---------------------------------------------------------------------------
 PG_DIR=""
 PG_URL=""
@@ -220,6 +224,10 @@ pg_start() {
             if _as_pg_user "$PG_BINDIR/psql" -X -q -h 127.0.0.1 -p "$port" -U postgres -d postgres \
                 -c "CREATE DATABASE alarms" >/dev/null; then
                 info "PostgreSQL is up: $PG_URL"
+                export ALARMS_TEST_PG_DATA="$PG_DIR/data"
+                export ALARMS_TEST_PG_CTL="$PG_BINDIR/pg_ctl"
+                export ALARMS_TEST_PG_USER="$PG_USER"
+                export ALARMS_TEST_PG_LOG="$PG_DIR/server.log"
                 return 0
             fi
             break
@@ -242,4 +250,5 @@ pg_stop() {
     rm -rf "$PG_DIR"
     PG_DIR=""
     PG_URL=""
+    unset ALARMS_TEST_PG_DATA ALARMS_TEST_PG_CTL ALARMS_TEST_PG_USER ALARMS_TEST_PG_LOG
 }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -190,3 +191,76 @@ class Stream:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class EventSource:
+    """A client that reconnects as a browser's ``EventSource`` does, for fault tests.
+
+    When a stream ends it waits the last ``retry:`` the server sent and
+    reconnects with ``Last-Event-ID``. Where a browser gives up (a refused
+    connection, an answer other than 200) it tries again after the same delay,
+    as the page's script does. Run :meth:`run` in a thread; :meth:`stop` ends it.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        cookies: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
+        retry_ms: int = 3000,
+    ) -> None:
+        self.url = url
+        self.cookies = cookies
+        self.headers = headers or {}
+        self.retry_ms = retry_ms  # until the server sends its own
+        self.last_event_id = ""
+        self.events: list[Event] = []
+        self.connects = 0  # answers with status 200
+        self.resumed_from: list[str] = []  # the Last-Event-ID each of them was asked with
+        self.failures: list[str] = []  # refused connections, other statuses, resets
+        self._stop = threading.Event()
+
+    def alarm_ids(self) -> list[int]:
+        return [e.json()["id"] for e in list(self.events) if e.event == "alarm"]
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self) -> None:
+        while not self._stop.is_set():
+            headers = dict(self.headers)
+            if self.last_event_id:
+                headers["Last-Event-ID"] = self.last_event_id
+            try:
+                stream = Stream(self.url, cookies=self.cookies, headers=headers)
+            except (OSError, EOFError) as exc:  # TimeoutError is an OSError
+                self.failures.append(f"connect: {exc!r}")
+                self._stop.wait(self.retry_ms / 1000)
+                continue
+            with stream:
+                if stream.status != 200:
+                    self.failures.append(f"HTTP {stream.status}")
+                else:
+                    self.connects += 1
+                    self.resumed_from.append(headers.get("Last-Event-ID", ""))
+                    stream.parser.last_event_id = self.last_event_id
+                    self._read(stream)
+            self._stop.wait(self.retry_ms / 1000)
+
+    def _read(self, stream: Stream) -> None:
+        try:
+            while not self._stop.is_set():
+                try:
+                    event = stream.next_event(0.2)
+                except TimeoutError:
+                    continue
+                finally:
+                    if stream.parser.retry is not None:
+                        self.retry_ms = stream.parser.retry
+                self.last_event_id = event.id or ""
+                self.events.append(event)
+        except EOFError:
+            pass  # the server ended the stream
+        except OSError as exc:
+            self.failures.append(f"read: {exc!r}")
