@@ -3,7 +3,7 @@ from __future__ import annotations
 from django.urls import path
 
 from alarms.cors import cors
-from alarms.views import centre, metrics, receipts, stream
+from alarms.views import centre, health, metrics, receipts, stream
 
 app_name = "alarms"
 
@@ -13,4 +13,5 @@ urlpatterns = [
     path("seen/", cors("POST")(receipts.seen), name="seen"),
     path("dismiss/", cors("POST")(receipts.dismiss), name="dismiss"),
     path("metrics/", metrics.metrics, name="metrics"),
+    path("health/", health.health, name="health"),
 ]

@@ -106,6 +106,26 @@ def test_api_refuses_hostile_links_with_a_clear_value_error(url: str) -> None:
     assert not Alarm.objects.exists()
 
 
+LONG_LINK = "https://example.com/" + "a" * 2_000  # over the column's 2,000
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="send_alarm does not check the link's length: SQLite stores it, PostgreSQL "
+    "raises DataError (varchar(2000))",
+)
+def test_api_refuses_a_link_longer_than_the_column() -> None:
+    try:
+        api.send_alarm({"en": {"title": "t", "message": "m"}}, url=LONG_LINK)
+    except DataError as exc:  # PostgreSQL, today
+        raise AssertionError(f"a database error, not a ValueError: {exc}") from exc
+    except ValueError:
+        pass
+    else:
+        raise AssertionError("the link was stored")
+    assert not Alarm.objects.exists()
+
+
 def admin_data(
     translations: list[tuple[str, str, str]] | None = None, **fields: Any
 ) -> dict[str, Any]:
@@ -142,6 +162,14 @@ def test_admin_refuses_hostile_links(admin_client: Client, url: str) -> None:
     assert not Alarm.objects.exists()
 
 
+def test_admin_refuses_a_link_longer_than_the_column(admin_client: Client) -> None:
+    response = admin_client.post(ADD_URL, admin_data(url=LONG_LINK))
+
+    assert response.status_code == 200
+    assert "url" in response.context["adminform"].form.errors
+    assert not Alarm.objects.exists()
+
+
 class _Links(HTMLParser):
     def __init__(self) -> None:
         super().__init__()
@@ -157,7 +185,8 @@ def page_links(html: str) -> list[str]:
     return parser.hrefs
 
 
-@pytest.mark.parametrize("url", HOSTILE_LINKS)
+# PostgreSQL cannot store a NUL at all, so that one never reaches a page.
+@pytest.mark.parametrize("url", [u for u in HOSTILE_LINKS if "\0" not in u])
 def test_centre_never_renders_a_hostile_link_stored_behind_the_validators_back(
     client: Client, url: str
 ) -> None:
