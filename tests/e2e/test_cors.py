@@ -165,11 +165,13 @@ def test_alarm_reaches_a_page_on_an_allowed_origin_and_dismiss_posts_back(
     assert opened.url.startswith(server.url + "/alarms/stream/")
     assert opened.header_value("origin") == front.url
 
-    alarm = api.send_alarm(TEXTS, level="warning")
+    alarm = api.send_alarm(TEXTS, level="warning", url="/alarms/")
     item = toast(page, alarm.pk)
     item.wait_for()
     assert item.locator(".alarms-title").text_content() == TEXTS["en"]["title"]
     assert item.locator(".alarms-message").text_content() == TEXTS["en"]["message"]
+    # A path in an alarm is a page of the alarm server's site, not of this one.
+    assert item.locator("a.alarms-link").get_attribute("href") == server.url + "/alarms/"
     # A members-only alarm: the stream knew who was signed in.
     assert alarm.audience != "everyone"
     wait_until(lambda: (r := receipt(reader, alarm)) and r.seen_at, page=page)

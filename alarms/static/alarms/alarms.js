@@ -670,13 +670,19 @@
     return node;
   }
 
-  // http(s) addresses and paths on this site only: never javascript:, data:...
+  // http(s) addresses and paths of the alarm server's site only: never javascript:, data:...
   function safeLink(url) {
     if (typeof url !== "string" || !url || /[\u0000-\u0020\\]/.test(url)) {
       return null;
     }
     if (url.charAt(0) === "/") {
-      return url.charAt(1) === "/" ? null : url;
+      if (url.charAt(1) === "/") {
+        return null;
+      }
+      // A path of the alarm server's site, which may be another origin than this page.
+      return isCrossOrigin(config.streamUrl)
+        ? new URL(url, new URL(config.streamUrl, window.location.href)).href
+        : url;
     }
     try {
       var parsed = new URL(url);
