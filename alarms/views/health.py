@@ -2,10 +2,10 @@
 
 Answers ``{"status": "ok" | "degraded" | "down", "checks": {...}}``, 200 when ok
 and 503 otherwise, so a load balancer can take the process out of rotation.
-"down": the database cannot be reached or the broker does not run, so no alarm
-reaches anyone. "degraded": alarms are late or some streams are refused (the
-PostgreSQL listener is disconnected, journal rows stay unread, the process holds
-``MAX_STREAMS`` streams or is shutting down).
+"down": the database cannot be reached, or the broker does not run or is shutting
+down, so no alarm reaches anyone through this process. "degraded": alarms are late
+or new streams are refused (the PostgreSQL listener is disconnected, journal rows
+stay unread for more than a few seconds, the process holds ``MAX_STREAMS`` streams).
 """
 
 from __future__ import annotations
