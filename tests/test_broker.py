@@ -158,6 +158,34 @@ class BrokerContract:
 
         run(test)
 
+    def test_steady_broadcasts_do_not_keep_the_collector_off(self, run):
+        """Broadcasts closer together than GC_PAUSE must not hold it off for good."""
+        import gc
+
+        async def test(broker: BaseBroker) -> None:
+            broker.config = {**broker.config, "GC_PAUSE": 0.5}
+            sub = broker.subscribe(viewer())
+            enabled_between = []
+
+            async def sample() -> None:
+                while True:
+                    enabled_between.append(gc.isenabled())
+                    await asyncio.sleep(0.02)
+
+            await sync_to_async(api.send_alarm)(en("First"), audience="everyone")
+            assert await sub.next(3)
+            sampler = asyncio.get_running_loop().create_task(sample())
+            try:
+                for i in range(7):  # a broadcast every 0.3 s or so (under the storm cap)
+                    await asyncio.sleep(0.25)
+                    await sync_to_async(api.send_alarm)(en(f"Steady {i}"), audience="everyone")
+                    assert await sub.next(3)
+            finally:
+                sampler.cancel()
+            assert any(enabled_between), "the collector stayed off through every broadcast"
+
+        run(test)
+
 
 class TestMemoryBroker(BrokerContract):
     broker_class = MemoryBroker

@@ -461,14 +461,14 @@ class BaseBroker:
         Collection resumes ``GC_PAUSE`` seconds later, once the writes are out.
         """
         pause = float(self.config["GC_PAUSE"])
-        if pause <= 0 or self.loop is None:
+        if pause <= 0 or self.loop is None or self._gc_timer is not None:
+            # Already held off: the hold is never extended, or broadcasts
+            # coming faster than GC_PAUSE would keep the collector off for good
+            # and every reference cycle since would pile up (a leak).
             return
-        if self._gc_timer is None:
-            if not gc.isenabled():
-                return  # someone else manages the collector
-            gc.disable()
-        else:
-            self._gc_timer.cancel()
+        if not gc.isenabled():
+            return  # someone else manages the collector
+        gc.disable()
         self._gc_timer = self.loop.call_later(pause, self._resume_gc)
 
     def _resume_gc(self) -> None:
