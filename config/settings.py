@@ -158,11 +158,24 @@ X_FRAME_OPTIONS = "DENY"
 # ---------------------------------------------------------------------------
 # Logging
 # ---------------------------------------------------------------------------
+# LOG_FORMAT=json writes one JSON object per line (alarms.logs.JSONFormatter),
+# with the structured fields of the app's stream records.
+LOG_FORMAT = env.str("LOG_FORMAT", default="plain")
+if LOG_FORMAT not in ("plain", "json"):
+    raise ImproperlyConfigured(f"LOG_FORMAT must be 'plain' or 'json', not {LOG_FORMAT!r}.")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {"()": "alarms.logs.JSONFormatter"},
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": LOG_FORMAT,
+        }
+    },
     "root": {"handlers": ["console"], "level": "WARNING"},
     "loggers": {"alarms": {"level": env("ALARMS_LOG_LEVEL", default="INFO")}},
 }

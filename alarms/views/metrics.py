@@ -68,9 +68,14 @@ async def metrics(request: HttpRequest) -> HttpResponse:
         "# HELP alarms_streams_closed_total Streams the server closed, by reason.",
         "# TYPE alarms_streams_closed_total counter",
     ]
-    # slow: its queue overflowed; stalled: its socket stayed full (alarms.asgi).
-    for reason in ("slow", "stalled", "replaced", "lifetime", "shutdown"):
+    for reason in ("slow", "replaced", "lifetime", "shutdown"):
         lines.append(
             f'alarms_streams_closed_total{{reason="{reason}"}} {stats["closed_" + reason]}'
         )
+    lines += [
+        "# HELP alarms_stalled_aborted_total Connections dropped because the client read "
+        "nothing for SLOW_CLIENT_TIMEOUT (see alarms.asgi).",
+        "# TYPE alarms_stalled_aborted_total counter",
+        f"alarms_stalled_aborted_total {stats['aborted_stalled']}",
+    ]
     return HttpResponse("\n".join(lines) + "\n", content_type="text/plain; version=0.0.4")

@@ -1,0 +1,167 @@
+"""Clients that misbehave: one that stops reading, one address opening too many streams.
+
+And what the operator reads about it: structured log records, and no log line
+per heartbeat.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from alarms import api
+from alarms.models import AlarmTranslation
+from tests.e2e.test_stream import en, metric, open_stream, wait_for
+from tests.sse import Stream
+
+pytestmark = pytest.mark.e2e
+
+ALARMS = 10
+ROUNDS = 80
+# 10,000 Hangul characters: 30 KB of UTF-8 per event.
+BODY = "경" * 9_990
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def stuck_client(server) -> socket.socket:
+    """A stream whose client reads the request's answer never: a tiny window, no reads."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", server.port))
+    sock.sendall(
+        b"GET /alarms/stream/ HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n"
+    )
+    return sock
+
+
+def test_a_client_that_stops_reading_is_dropped_without_holding_up_the_others(
+    server_factory, monkeypatch
+):
+    # As in production: with DEBUG on, Django keeps a log of every query.
+    monkeypatch.setenv("DJANGO_DEBUG", "0")
+    monkeypatch.setenv("DJANGO_SECRET_KEY", "e2e-" + "k" * 50)
+    monkeypatch.setenv("DJANGO_ALLOWED_HOSTS", "127.0.0.1")
+    monkeypatch.setenv("DJANGO_SECURE_SSL_REDIRECT", "0")
+    server = server_factory(METRICS_TOKEN="t0ken", SLOW_CLIENT_TIMEOUT=2, QUEUE_SIZE=32)
+    alarms = [
+        api.send_alarm(en(f"Rewritten {i}", BODY), audience="everyone") for i in range(ALARMS)
+    ]
+    translations = list(AlarmTranslation.objects.filter(alarm__in=alarms))
+    reader = open_stream(server)
+    assert len(reader.events(ALARMS, 5)) == ALARMS
+
+    latest: dict[int, str] = {}
+    received = [0]
+    done = threading.Event()
+
+    def read() -> None:
+        while not done.is_set():
+            with contextlib.suppress(TimeoutError):
+                data = reader.next_event(0.5).json()
+                latest[data["id"]] = data["message"]
+                received[0] += 1
+
+    def rewrite(rounds: int) -> None:
+        # Each rewrite re-sends a 30 KB alarm to every stream. The pause lets
+        # the broker read each round on its own (it folds rewrites of one
+        # alarm between two reads into one event).
+        for i in range(rounds):
+            for translation in translations:
+                translation.message = f"{i} {BODY}"
+                translation.save()
+            time.sleep(0.2)
+
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    try:
+        rewrite(ROUNDS // 2)  # the server's memory settles under this load first
+        stuck = stuck_client(server)
+        wait_for(lambda: metric(server, "alarms_streams_open") == 2)
+        before, received[0] = rss_kib(server.process.pid), 0
+        # Megabytes meant for a client that reads nothing: more than the
+        # kernel's socket buffers take.
+        rewrite(ROUNDS)
+        wait_for(lambda: metric(server, "alarms_stalled_aborted_total") == 1, timeout=30)
+        # The reader has every alarm's last version: the stuck stream held nothing up.
+        final = {t.alarm_id: f"{ROUNDS - 1} {BODY}" for t in translations}
+        wait_for(lambda: latest == final, timeout=30)
+        after = rss_kib(server.process.pid)
+    finally:
+        done.set()
+        thread.join(5)
+        reader.close()
+    # The stuck client was meant as much as the reader got, 30 KB an event:
+    # without flow control, Twisted would hold what the kernel's socket buffers
+    # (a few MB) do not, until the stream ends.
+    assert received[0] * 30 > 10_000, "too little was sent for the test to tell"
+    assert after - before < 4_096, f"RSS grew by {after - before} KiB"
+    wait_for(lambda: metric(server, "alarms_streams_open") == 0)
+    # The server dropped the connection: what is left to read ends in EOF or a reset.
+    stuck.settimeout(5)
+    with pytest.raises((ConnectionResetError, EOFError)):
+        while True:
+            if not stuck.recv(65536):
+                raise EOFError
+    stuck.close()
+
+
+def test_too_many_streams_from_one_address(server_factory):
+    server = server_factory(METRICS_TOKEN="t0ken", MAX_STREAMS_PER_ADDRESS=3)
+    streams = [open_stream(server) for _ in range(3)]
+    try:
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"{server.url}/alarms/stream/", timeout=5)
+        assert refused.value.code == 429
+        assert 5 <= int(refused.value.headers["Retry-After"]) <= 30
+        assert "Too many alarm streams from this address" in refused.value.read().decode()
+        assert metric(server, 'alarms_streams_refused_total{reason="address"}') == 1
+        streams.pop().close()
+        wait_for(lambda: metric(server, "alarms_streams_open") == 2)
+        streams.append(open_stream(server))
+    finally:
+        for stream in streams:
+            stream.close()
+
+
+def test_log_records_are_structured_and_quiet(server_factory, monkeypatch):
+    monkeypatch.setenv("LOG_FORMAT", "json")
+    server = server_factory(METRICS_TOKEN="t0ken", HEARTBEAT=0.1, MAX_STREAMS_PER_ADDRESS=1)
+    start = server.log.stat().st_size
+    with open_stream(server) as stream:
+        time.sleep(1.0)
+        stream.drain(0.2)
+        assert stream.parser.comments.count("") >= 5  # heartbeats
+        assert Stream(f"{server.url}/alarms/stream/").status == 429
+    wait_for(lambda: metric(server, "alarms_streams_open") == 0)
+    with server.log.open("rb") as log:
+        log.seek(start)
+        # Daphne's own access lines are not ours to format.
+        lines = log.read().decode().splitlines()
+    records = [json.loads(line) for line in lines if line.startswith("{")]
+    by_event = {r.get("event"): r for r in records if r.get("logger") == "alarms.stream"}
+    opened, closed = by_event["stream_opened"], by_event["stream_closed"]
+    assert opened["level"] == "INFO"
+    assert opened["address"] == "127.0.0.1"
+    assert opened["user"] is None
+    assert opened["language"] == "en"
+    assert closed["stream"] == opened["stream"]
+    assert closed["reason"] == "client"
+    assert closed["duration_s"] >= 1.0
+    assert by_event["stream_refused"]["level"] == "WARNING"
+    assert by_event["stream_refused"]["reason"] == "address"
+    # Heartbeats, and no record for any of them.
+    assert len([r for r in records if r.get("logger", "").startswith("alarms")]) <= 5
