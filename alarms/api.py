@@ -8,6 +8,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import Group
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
@@ -15,7 +16,7 @@ from django.utils import timezone
 from alarms import journal, storm
 from alarms.conf import get_config
 from alarms.models import Alarm, AlarmReceipt, AlarmTranslation, Audience, Level
-from alarms.validators import is_safe_link
+from alarms.validators import is_safe_link, validate_storable_text
 
 __all__ = ["dismiss", "mark_seen", "send_alarm", "withdraw"]
 
@@ -58,6 +59,9 @@ def send_alarm(
         raise ValueError('Users and groups can only be given with the audience "selected".')
     if audience == Audience.SELECTED and not (users or groups):
         raise ValueError('The audience "selected" needs at least one user or group.')
+    max_url = Alarm._meta.get_field("url").max_length or 0
+    if len(url) > max_url:
+        raise ValueError(f"The link is longer than {max_url} characters.")
     if url and not is_safe_link(url):
         raise ValueError(f"Unsafe link {url!r}: use http(s):// or a path starting with '/'.")
     cleaned = _clean_translations(translations)
@@ -127,6 +131,11 @@ def _clean_translations(
             raise ValueError(f"The {lang!r} title is longer than {MAX_TITLE} characters.")
         if len(message) > MAX_MESSAGE:
             raise ValueError(f"The {lang!r} message is longer than {MAX_MESSAGE} characters.")
+        for part, value in (("title", title), ("message", message)):
+            try:
+                validate_storable_text(value)
+            except ValidationError as exc:
+                raise ValueError(f"The {lang!r} {part}: {exc.messages[0]}") from None
         cleaned[lang] = {"title": title, "message": message}
     if settings.LANGUAGE_CODE not in cleaned:
         raise ValueError(

@@ -18,7 +18,7 @@ def _ids(request: HttpRequest) -> list[int]:
     if request.content_type == "application/json":
         try:
             body = json.loads(request.body or b"{}")
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # deep nesting, too
             raise ValueError("The body is not valid JSON.") from None
         raw: Any = body.get("ids") if isinstance(body, dict) else None
     else:
