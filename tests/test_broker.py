@@ -16,9 +16,10 @@ from django.utils import timezone
 
 import alarms.broker as broker_module
 from alarms import api
-from alarms.broker.base import BaseBroker, BrokerFull, ConnectState, Viewer
+from alarms.broker.base import AddressFull, BaseBroker, BrokerFull, ConnectState, Viewer
 from alarms.broker.memory import MemoryBroker
 from alarms.broker.postgres import PostgresBroker
+from alarms.models import Alarm
 from tests.sse import parse
 
 
@@ -119,6 +120,34 @@ class BrokerContract:
             broker.subscribe(viewer())
             with pytest.raises(BrokerFull):
                 broker.subscribe(viewer())
+
+        run(test)
+
+    def test_per_address_cap_refuses_new_streams(self, run):
+        async def test(broker: BaseBroker) -> None:
+            broker.config = {**broker.config, "MAX_STREAMS_PER_ADDRESS": 2}
+            first = broker.subscribe(viewer(), "10.0.0.1")
+            broker.subscribe(viewer(), "10.0.0.1")
+            with pytest.raises(AddressFull):
+                broker.subscribe(viewer(), "10.0.0.1")
+            broker.subscribe(viewer(), "10.0.0.2")  # another address is not affected
+            broker.unsubscribe(first)
+            broker.unsubscribe(first)  # twice is harmless: the count stays right
+            broker.subscribe(viewer(), "10.0.0.1")
+            assert broker.by_address == {"10.0.0.1": 2, "10.0.0.2": 1}
+            assert first.closed is None  # existing streams are never closed for it
+
+        run(test)
+
+    def test_a_link_written_around_the_validators_is_not_streamed(self, run):
+        alarm = api.send_alarm(en("Bad link"), audience="everyone")
+        # As raw SQL or a careless migration could: no validator runs.
+        Alarm.objects.filter(pk=alarm.pk).update(url="javascript:alert(1)")
+
+        async def test(broker: BaseBroker) -> None:
+            sub = broker.subscribe(viewer())
+            [chunk] = broker.snapshot(sub, set())
+            assert parse(chunk.decode())[0].json()["url"] == ""
 
         run(test)
 

@@ -35,6 +35,7 @@ from django.utils import timezone
 from alarms import events
 from alarms.conf import get_config
 from alarms.translation import choose_language, direction
+from alarms.validators import is_safe_link
 
 logger = logging.getLogger("alarms.broker")
 
@@ -103,7 +104,9 @@ class CachedAlarm:
                 "message": message,
                 "language": code,
                 "dir": direction(code),
-                "url": self.url,
+                # Checked again here: a row written around the validators
+                # (raw SQL, a migration) must not reach a browser as a link.
+                "url": self.url if is_safe_link(self.url) else "",
                 "published_at": self.publish_at.isoformat(),
                 "expires_at": self.expires_at.isoformat() if self.expires_at else None,
             }
