@@ -266,6 +266,11 @@ class BaseBroker:
                 len(self.alarms),
             )
 
+    @property
+    def running(self) -> bool:
+        """True while the broker's read loop runs on its event loop."""
+        return self._task is not None and not self._task.done()
+
     def _install_shutdown_handler(self) -> None:
         """On SIGTERM, end every stream cleanly before the server's own handler runs.
 

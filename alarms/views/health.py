@@ -79,9 +79,7 @@ async def _broker(broker: BaseBroker) -> dict[str, Any]:
         error = f"not started within {START_TIMEOUT:g} s"
     except Exception as exc:
         error = f"failed to start: {exc}"
-    # The loop task is the broker's own; it has no public "running" yet.
-    task = getattr(broker, "_task", None)
-    running = task is not None and not task.done()
+    running = broker.running
     result: dict[str, Any] = {
         "ok": running and not broker.shutting_down,
         "running": running,
