@@ -70,11 +70,16 @@ def plot(directory: Path | str) -> Path:
     cpu.set_ylim(bottom=0)
     cpu.legend(loc="upper right", ncol=2)
 
-    db.plot(minutes, _column(rows, "db_xact_per_s"), color="tab:green", label="transactions/s")
     backends = [b for b in _column(rows, "db_backends") if not math.isnan(b)]
-    if backends:
-        db.plot([], [], " ", label=f"backends: {max(backends):.0f} at most")
-    db.set_ylabel("PostgreSQL")
+    most = f", {max(backends):.0f} backends at most" if backends else ""
+    db.plot(
+        minutes,
+        _column(rows, "db_xact_per_s"),
+        color="tab:green",
+        label=f"PostgreSQL transactions{most}",
+    )
+    db.plot(minutes, _column(rows, "reconnects_per_s"), color="tab:purple", label="reconnects")
+    db.set_ylabel("per second")
     db.set_ylim(bottom=0)
     db.legend(loc="upper right")
     db.set_xlabel("minutes since the first alarm (before 0: opening the streams)")
@@ -85,6 +90,15 @@ def plot(directory: Path | str) -> Path:
         ax.axvspan(min([*minutes, 0]), 0, color="grey", alpha=0.1)
         if warmup:
             ax.axvline(warmup / 60, color="grey", ls="--", lw=0.8)
+    if warmup:
+        lat.annotate(
+            " RSS baseline (end of warm-up)",
+            (warmup / 60, 1),
+            xycoords=("data", "axes fraction"),
+            va="top",
+            fontsize=8,
+            color="grey",
+        )
     fig.tight_layout()
     target = directory / "soak.png"
     fig.savefig(target, dpi=110)

@@ -20,9 +20,13 @@ Needs PostgreSQL (DATABASE_URL) and bench/requirements.txt. The run, in order:
    samples.csv, alarms.csv, summary.json and soak.png to ``--out``, then print
    a Markdown summary.
 
-Clients behave like EventSource: a stream that ends (``MAX_LIFETIME``, shortened
-by ``--lifetime`` so that a soak sees reconnects) comes back after the
+Clients behave like EventSource: a stream that ends comes back after the
 ``retry:`` delay with Last-Event-ID, and every alarm counts once per stream.
+Connections drop at random (``--churn``: on average once per stream per that
+many seconds, as on flaky networks), so resuming is exercised at a steady
+rate. ``MAX_LIFETIME`` (``--lifetime``) is left at the app's hour unless
+given: the streams opened together, so a short one ends them all within
+the same 15% of it, a reconnect storm rather than a soak.
 Latency is receive time minus commit time, on the same clock; deliveries in
 the opening of a reconnected stream (its replay) are counted as delivered but
 kept out of the latency percentiles, which are about live delivery.
@@ -213,6 +217,9 @@ class Client:
             marker = b'"title":"' + TITLES[lang].encode() + self.tagmark
             self.streams.append(Stream(self, port, head, marker))
         self.concurrency: int = config["concurrency"]
+        self.churn: float = config["churn"]
+        self.rng = random.Random()
+        self.drops = 0
         self.live: dict[int, list[int]] = defaultdict(list)
         self.replayed: dict[int, list[int]] = defaultdict(list)
         self.open = 0
@@ -229,6 +236,15 @@ class Client:
     def opened(self, stream: Stream) -> None:
         self.open += 1
         self.connects += 1
+        if self.churn:
+            # Exponential: a steady rate of drops over all streams, no waves.
+            delay = self.rng.expovariate(1 / self.churn)
+            self.loop.call_later(delay, self._drop, stream, stream.transport)
+
+    def _drop(self, stream: Stream, transport: asyncio.Transport | None) -> None:
+        if stream.transport is transport and transport is not None and not self.stopping:
+            self.drops += 1
+            transport.abort()
 
     def lost(self, stream: Stream, was_open: bool) -> None:
         if was_open:
@@ -283,6 +299,7 @@ class Client:
             "open": self.open,
             "connects": self.connects,
             "reconnects": self.reconnects,
+            "drops": self.drops,
             "duplicates": self.duplicates,
             "wrong_language": self.wrong_language,
             "foreign": self.foreign,
@@ -630,7 +647,7 @@ def harness(args: argparse.Namespace) -> int:
     token = secrets.token_hex(16)
     bench_alarms = {
         "METRICS_TOKEN": token,
-        "MAX_LIFETIME": args.lifetime,
+        **({"MAX_LIFETIME": args.lifetime} if args.lifetime else {}),
         # One user's tabs may all land on one server.
         "MAX_STREAMS_PER_USER": max(10, args.tabs),
         **json.loads(os.environ.get("BENCH_ALARMS", "{}")),
@@ -721,6 +738,7 @@ def harness(args: argparse.Namespace) -> int:
                 "t0": t0,
                 "tag": tag,
                 "concurrency": args.concurrency,
+                "churn": args.churn,
                 "streams": plan[c :: args.clients],
             }
             popen.stdin.write(json.dumps(config) + "\n")
@@ -863,6 +881,7 @@ class Sampler:
         with self.results.lock:
             row["client_open"] = self.results.total("open")
             row["reconnects"] = self.results.total("reconnects")
+            row["reconnects_per_s"] = self._rate("reconnects", row["reconnects"], now)
             row["alarms_sent"] = len(self.results.commits)
         return row
 
@@ -1002,7 +1021,8 @@ def report(
             "minutes": args.minutes,
             "interval_s": args.interval,
             "expire_s": args.expire,
-            "lifetime_s": args.lifetime,
+            "lifetime_s": args.lifetime or None,
+            "churn_s": args.churn or None,
             "warmup_s": args.warmup,
             "connect_s": connect_s,
             "alarms_sent": sent,
@@ -1019,6 +1039,7 @@ def report(
             "replayed_latency_ms_p50_max": [round(v, 1) for v in percentiles(replayed)[::2]],
             "worst_window": {"t_s": (worst[0] + 1) * window, "p99_ms": round(worst[1][1], 1)},
             "reconnects": results.total("reconnects"),
+            "drops": results.total("drops"),
             "server_closes": results.merged("closes"),
             "client_errors": results.merged("errors"),
             "per_server": per_server,
@@ -1048,7 +1069,7 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 
 def markdown(s: dict[str, Any]) -> str:
     def ms(values: list[float]) -> str:
-        return " / ".join(f"{v:,.0f}" for v in values)
+        return " / ".join("-" if math.isnan(v) else f"{v:,.0f}" for v in values)
 
     lines = [
         f"## Soak, {s['date']}",
@@ -1059,21 +1080,26 @@ def markdown(s: dict[str, Any]) -> str:
         f"client processes; {s['signed_in']:.0%} signed in ({s['tabs_per_user']} per user); "
         "en / ko / ja a third each |",
         f"| duration | {s['minutes']:g} min of alarms, after {s['connect_s']:.1f} s to open "
-        f"every stream; streams live {s['lifetime_s']} s (x 0.85 to 1) |",
+        "every stream; "
+        + (f"a connection drops every {s['churn_s']:g} s on average" if s["churn_s"] else "")
+        + ("" if s["churn_s"] else "no drops")
+        + (f", MAX_LIFETIME {s['lifetime_s']} s" if s["lifetime_s"] else "")
+        + " |",
         f"| alarms sent | {s['alarms_sent']:,} (one per {s['interval_s']:g} s, for everyone, "
         + (f"expire after {s['expire_s']} s" if s["expire_s"] else "never expire")
         + ") |",
         f"| delivered / expected | {s['delivered']:,} / {s['expected']:,} "
         f"({s['delivered_pct']:.3f}%); least for one alarm: {s['min_delivered_per_alarm']:,} |",
-        f"| wrong language / duplicates | {s['wrong_language']} / "
-        f"{s['duplicates_live'] + s['duplicates_replayed']} ({s['duplicates_live']} of them "
-        "live, the rest in a replay) |",
+        f"| wrong language / duplicates | {s['wrong_language']:,} / "
+        f"{s['duplicates_live'] + s['duplicates_replayed']:,} (second copy live: "
+        f"{s['duplicates_live']:,}, in a replay: {s['duplicates_replayed']:,}) |",
         f"| latency p50 / p99 / max (live) | {ms(s['latency_ms_p50_p99_max'])} ms |",
         f"| worst 10 s window p99 | {s['worst_window']['p99_ms']:,.0f} ms "
         f"(at {s['worst_window']['t_s']:.0f} s) |",
         f"| replayed on reconnect | {s['replayed']:,} deliveries, p50 / max "
         f"{ms(s['replayed_latency_ms_p50_max'])} ms |",
-        f"| reconnects | {s['reconnects']:,} (server closes: "
+        f"| reconnects | {s['reconnects']:,} (dropped by the clients {s['drops']:,}; "
+        "server closes: "
         + (", ".join(f"{k} {v:,}" for k, v in sorted(s["server_closes"].items())) or "none")
         + "; client errors: "
         + (", ".join(f"{k} {v:,}" for k, v in sorted(s["client_errors"].items())) or "none")
@@ -1112,7 +1138,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--expire", type=int, default=300, help="seconds until an alarm expires (0: never)"
     )
     parser.add_argument(
-        "--lifetime", type=int, default=600, help="the servers' MAX_LIFETIME (default 600 s)"
+        "--lifetime", type=int, default=0, help="the servers' MAX_LIFETIME (default: the app's)"
+    )
+    parser.add_argument(
+        "--churn",
+        type=float,
+        default=600,
+        help="mean seconds between a stream's connection drops (default 600; 0: none)",
     )
     parser.add_argument("--signed-in", type=float, default=0.8, help="share of streams")
     parser.add_argument("--tabs", type=int, default=2, help="streams per signed-in user")
