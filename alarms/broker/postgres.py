@@ -66,6 +66,17 @@ class PostgresBroker(BaseBroker):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._listener
 
+    async def refresh(self) -> None:
+        try:
+            await super().refresh()
+        except Exception:
+            # The journal past ``head`` is still unread, and this broker does not
+            # poll: without a wake-up of its own, what the failed read was for
+            # (the catch-up after a reconnect, say) would wait for the next write.
+            # The read loop's backoff still spaces the attempts.
+            self.wake()
+            raise
+
     async def wait_for_wake(self, within: float | None) -> bool:
         assert self._wake is not None
         safety = self.config["SAFETY_POLL_INTERVAL"]

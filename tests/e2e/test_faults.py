@@ -8,7 +8,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import itertools
 import os
 import pwd
 import subprocess
@@ -22,12 +24,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from django.db import DatabaseError, connection, connections
+from django.db import DatabaseError, connection, connections, transaction
 
 from alarms import api
 from alarms.models import Alarm
 from tests.e2e.conftest import Server
-from tests.sse import EventSource
+from tests.sse import EventSource, Stream
 
 TOKEN = "fault-t0ken"
 
@@ -275,3 +277,205 @@ def test_postgres_restart_under_100_streams_loses_nothing(
             f"{len(twice)} of {STREAMS} clients got some of the {len(committed)} committed "
             f"alarms more than once: {dict(list(twice.items())[:5])}"
         )
+
+
+@pytest.mark.e2e
+@pytest.mark.postgres
+def test_a_failed_journal_read_is_retried_without_another_wake_up(server: Server) -> None:
+    """The read a NOTIFY (or a listener's reconnect) asked for fails: it is made
+    again, not left until some later write happens to wake the broker."""
+    from alarms.models import AlarmChange
+
+    journal = connection.ops.quote_name(AlarmChange._meta.db_table)
+    away = connection.ops.quote_name(AlarmChange._meta.db_table + "_away")
+    logged = server.log.stat().st_size
+    with Stream(f"{server.url}/alarms/stream/") as stream:
+        renamed = False
+        try:
+            with transaction.atomic(), connection.cursor() as cursor:
+                alarm = api.send_alarm(en("Read on the second try"), audience="everyone")
+                # Committed with the alarm: the broker is woken, and its read fails.
+                cursor.execute(f"ALTER TABLE {journal} RENAME TO {away}")
+                renamed = True
+            wait_until(
+                lambda: b"broker read failed" in server.log.read_bytes()[logged:], 10, "read failed"
+            )
+        finally:
+            if renamed:
+                with connection.cursor() as cursor:
+                    cursor.execute(f"ALTER TABLE {away} RENAME TO {journal}")  # no NOTIFY
+        assert stream.next_event(15).json()["id"] == alarm.pk
+
+
+# ---------------------------------------------------------------------------
+# 100,000 connect/disconnect cycles
+# ---------------------------------------------------------------------------
+
+# Only so that a developer can run a short one; CI runs the full count.
+CYCLES = int(os.environ.get("ALARMS_CYCLES", "100000"))
+WARM_UP = min(5000, CYCLES)
+CONCURRENCY = 32
+# Client addresses (all of 127/8 is loopback): the per-address accounting is
+# exercised, and no one address runs out of ports to TIME_WAIT.
+SOURCES = [f"127.0.0.{n}" for n in range(1, 17)]
+
+
+@dataclass(frozen=True)
+class Visit:
+    """One kind of connect: the request, and how many alarms its first bytes must hold."""
+
+    request: bytes
+    alarms: int
+
+
+def visit(port: int, alarms: int, **headers: str) -> Visit:
+    lines = [
+        "GET /alarms/stream/ HTTP/1.1",
+        f"Host: 127.0.0.1:{port}",
+        "Accept: text/event-stream",
+        *(f"{name.replace('_', '-')}: {value}" for name, value in headers.items()),
+    ]
+    return Visit(("\r\n".join(lines) + "\r\n\r\n").encode(), alarms)
+
+
+async def connect_read_close(port: int, visit: Visit, source: str, abort: bool) -> str:
+    """Connect, read the stream's first bytes (retry, comment, snapshot or replay), close."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+    try:
+        writer.write(visit.request)
+        head = await reader.readuntil(b"\r\n\r\n")
+        status = head.split(b" ", 2)[1].decode()
+        if status != "200":
+            return f"HTTP {status}"
+        if b"transfer-encoding: chunked" not in head.lower():
+            return "not chunked"
+        # The view yields its opening bytes as one body message: one chunk.
+        size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+        first = await reader.readexactly(size)
+        if not first.startswith(b"retry: ") or b": alarms\n\n" not in first:
+            return "no opening"
+        if first.count(b"event: alarm\n") != visit.alarms:
+            return f"{first.count(b'event: alarm')} alarms, not {visit.alarms}"
+        return "ok"
+    finally:
+        if abort:
+            writer.transport.abort()  # a reset, as from a killed tab
+        else:
+            writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+
+async def cycle(port: int, visits: list[Visit], count: int) -> Counter[str]:
+    outcomes: Counter[str] = Counter()
+    numbers = itertools.count()
+
+    async def worker() -> None:
+        while (i := next(numbers)) < count:
+            try:
+                async with asyncio.timeout(30):
+                    outcome = await connect_read_close(
+                        port, visits[i % len(visits)], SOURCES[i % len(SOURCES)], i % 4 == 3
+                    )
+            except (OSError, asyncio.IncompleteReadError, TimeoutError) as exc:
+                outcome = type(exc).__name__
+            outcomes[outcome] += 1
+
+    await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+    return outcomes
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def thread_count(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
+def database_connections(pid: int) -> int:
+    """The server's connections to the test database (with PostgreSQL, everyone's but ours)."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+            return cursor.fetchone()[0]
+    # SQLite: the server's file descriptors on the database's files.
+    name = os.path.realpath(connection.settings_dict["NAME"])
+    files = {name, f"{name}-wal", f"{name}-shm", f"{name}-journal"}
+    count = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            count += os.readlink(f"/proc/{pid}/fd/{fd}") in files
+    return count
+
+
+@pytest.mark.e2e
+def test_connect_disconnect_cycles_leave_nothing_behind(
+    server_factory: Callable[..., Server],
+    make_user: Callable[..., Any],
+    session_cookie: Callable[[Any], tuple[str, str]],
+) -> None:
+    if connection.vendor != "postgresql" and "ALARMS_CYCLES" not in os.environ:
+        pytest.skip(
+            "each connect costs the server milliseconds of CPU, so the full count runs on "
+            "PostgreSQL only (the production database, with exact connection counts); set "
+            "ALARMS_CYCLES to run a shorter soak here"
+        )
+    server = server_factory(METRICS_TOKEN=TOKEN)
+    assert server.process is not None
+    pid = server.process.pid
+    api.send_alarm(en("For everyone"), audience="everyone")
+    api.send_alarm(en("For the signed-in"), audience="authenticated")
+    cookies = [dict([session_cookie(make_user(f"cycle{i}"))]) for i in range(40)]
+    with Stream(f"{server.url}/alarms/stream/", cookies=cookies[0]) as stream:
+        stream.next_event(5)
+        resume_from = stream.last_event_id  # nothing is missed since: an empty replay
+    port = server.port
+    visits = [visit(port, 1), visit(port, 1, Accept_Language="ko")]
+    for n, jar in enumerate(cookies):
+        cookie = "; ".join(f"{k}={v}" for k, v in jar.items())
+        # Signed-in streams read the session, the user and receipts in the broker's threads.
+        visits.append(visit(port, 2, Cookie=cookie, Accept_Language=("en", "ja", "ar")[n % 3]))
+        visits.append(visit(port, 0, Cookie=cookie, Last_Event_ID=resume_from))
+
+    def settled() -> dict[str, int]:
+        wait_until(lambda: metrics(server)["alarms_streams_open"] == 0, 30, "streams closed")
+        time.sleep(1)  # the last closes' cleanup, off the loop too
+        return {
+            "rss_kib": rss_kib(pid),
+            "threads": thread_count(pid),
+            "connections": database_connections(pid),
+        }
+
+    outcomes = asyncio.run(cycle(port, visits, WARM_UP))
+    assert outcomes == {"ok": WARM_UP}, outcomes
+    before = settled()
+    started, server_cpu, client_cpu = time.monotonic(), cpu_seconds(pid), time.process_time()
+    outcomes = asyncio.run(cycle(port, visits, CYCLES))
+    took = time.monotonic() - started
+    server_cpu, client_cpu = cpu_seconds(pid) - server_cpu, time.process_time() - client_cpu
+    assert outcomes == {"ok": CYCLES}, outcomes
+    after = settled()
+    print(
+        f"\n{CYCLES} cycles in {took:.0f} s ({CYCLES / took:.0f}/s) on {connection.vendor}, "
+        f"CPU per cycle: server {server_cpu / CYCLES * 1000:.2f} ms, "
+        f"client {client_cpu / CYCLES * 1000:.2f} ms; "
+        f"after {WARM_UP} to warm up: {before}; after: {after}"
+    )
+    assert metrics(server)["alarms_connects_total"] >= WARM_UP + CYCLES
+    assert after["rss_kib"] <= before["rss_kib"] * 1.05, f"RSS grew: {before} -> {after}"
+    assert after["threads"] <= before["threads"], f"threads left behind: {before} -> {after}"
+    assert after["connections"] <= before["connections"], (
+        f"database connections left behind: {before} -> {after}"
+    )
