@@ -1,9 +1,15 @@
 from __future__ import annotations
 
+import ast
 import gettext
+import re
+import shutil
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from django.core.management import call_command
 from django.test import override_settings
 from django.utils import translation
 
@@ -112,3 +118,195 @@ def test_catalogue_has_no_empty_translation(code: str) -> None:
     msgids = po.count("\nmsgid ") - 1  # less the header
     assert len(catalogue._catalog) - 1 >= msgids  # type: ignore[attr-defined]
     assert all(catalogue._catalog.values())  # type: ignore[attr-defined]
+
+
+# -- the catalogues are complete: every string translated, checked and compiled ----
+
+CODES = ("ko", "ja", "ar")
+
+
+@dataclass
+class Entry:
+    msgid: str = ""
+    msgid_plural: str | None = None
+    msgctxt: str | None = None
+    msgstr: dict[int, str] = field(default_factory=dict)
+    flags: set[str] = field(default_factory=set)
+    obsolete: bool = False
+
+    @property
+    def key(self) -> tuple[str | None, str, str | None]:
+        return (self.msgctxt, self.msgid, self.msgid_plural)
+
+
+def read_po(path: Path) -> list[Entry]:
+    """The entries of a .po file, header included (its msgid is "")."""
+    entries: list[Entry] = []
+    entry: Entry | None = None
+    target: tuple[str, int] | None = None
+
+    def put(where: tuple[str, int], text: str) -> None:
+        assert entry is not None
+        name, index = where
+        if name == "msgstr":
+            entry.msgstr[index] = entry.msgstr.get(index, "") + text
+        else:
+            setattr(entry, name, (getattr(entry, name) or "") + text)
+
+    for line in [*path.read_text(encoding="utf-8").splitlines(), ""]:
+        if not line.strip():
+            if entry is not None:
+                entries.append(entry)
+            entry, target = None, None
+            continue
+        if entry is None:
+            entry = Entry()
+        if line.startswith("#~"):
+            # An obsolete entry: read on, so that it is reported by its msgid.
+            entry.obsolete = True
+            line = line[2:].strip()
+            if not line or line.startswith("|"):
+                continue
+        if line.startswith("#,"):
+            entry.flags |= {flag.strip() for flag in line[2:].split(",")}
+            continue
+        if line.startswith("#"):
+            continue
+        if line.startswith('"'):
+            assert target is not None, f"{path}: a string continues nothing: {line!r}"
+            put(target, ast.literal_eval(line))
+            continue
+        keyword, _, literal = line.partition(" ")
+        match = re.fullmatch(r"msgstr\[(\d+)\]", keyword)
+        if match:
+            target = ("msgstr", int(match[1]))
+        elif keyword in ("msgid", "msgid_plural", "msgctxt", "msgstr"):
+            target = (keyword, 0)
+        else:
+            raise AssertionError(f"{path}: cannot read {line!r}")
+        put(target, ast.literal_eval(literal))
+    return entries
+
+
+def catalogue(code: str) -> list[Entry]:
+    return read_po(LOCALE / code / "LC_MESSAGES" / "django.po")
+
+
+def messages(code: str) -> list[Entry]:
+    return [entry for entry in catalogue(code) if entry.msgid]
+
+
+def compiled(code: str) -> gettext.GNUTranslations:
+    with (LOCALE / code / "LC_MESSAGES" / "django.mo").open("rb") as mo:
+        return gettext.GNUTranslations(mo)
+
+
+def nplurals(code: str) -> int:
+    header = catalogue(code)[0].msgstr[0]
+    match = re.search(r"^Plural-Forms:\s*nplurals=(\d+);", header, re.MULTILINE)
+    assert match, f"{code}: no Plural-Forms in the header"
+    return int(match[1])
+
+
+def label(entry: Entry) -> str:
+    return repr(entry.msgid[:60])
+
+
+@pytest.mark.parametrize("code", CODES)
+def test_every_entry_is_translated_and_checked(code: str) -> None:
+    forms = nplurals(code)
+    problems = []
+    for entry in messages(code):
+        if entry.obsolete:
+            problems.append(f"obsolete (run makemessages --no-obsolete): {label(entry)}")
+        if "fuzzy" in entry.flags:
+            problems.append(f"fuzzy: {label(entry)}")
+        wanted = range(forms) if entry.msgid_plural is not None else range(1)
+        if sorted(entry.msgstr) != list(wanted):
+            problems.append(f"{len(entry.msgstr)} forms instead of {len(wanted)}: {label(entry)}")
+        if not all(entry.msgstr.get(index, "").strip() for index in wanted):
+            problems.append(f"untranslated: {label(entry)}")
+    assert not problems, f"{code}:\n" + "\n".join(problems)
+
+
+PERCENT = re.compile(
+    r"%(?:\((?P<name>\w+)\))?[#0 +-]*(?:\*|\d+)?(?:\.(?:\*|\d+))?(?P<kind>[diouxXeEfFgGcrsa%])"
+)
+BRACES = re.compile(r"\{\{|\}\}|\{(?P<name>[^{}!:]*)(?:![rsa])?(?::[^{}]*)?\}")
+
+
+def placeholders(text: str, flags: set[str]) -> Counter[str]:
+    found: Counter[str] = Counter()
+    if "python-format" in flags:
+        for match in PERCENT.finditer(text):
+            if match["kind"] != "%":
+                found[match[0]] += 1
+    if "python-brace-format" in flags:
+        for match in BRACES.finditer(text):
+            if match["name"] is not None:
+                found["{" + match["name"] + "}"] += 1
+    return found
+
+
+@pytest.mark.parametrize("code", CODES)
+def test_translations_keep_the_placeholders(code: str) -> None:
+    # A plural form that stands for one number only (Arabic's zero, one and two)
+    # may spell the number out instead of using its placeholder, as msgfmt -c allows.
+    plural = compiled(code).plural
+    single = {index for index, hits in Counter(plural(n) for n in range(1000)).items() if hits == 1}
+    problems = []
+    for entry in messages(code):
+        if entry.msgid_plural is None:
+            wanted = placeholders(entry.msgid, entry.flags)
+            got = placeholders(entry.msgstr.get(0, ""), entry.flags)
+            if got != wanted:
+                problems.append(f"{label(entry)}: {dict(got)} instead of {dict(wanted)}")
+            continue
+        wanted = placeholders(entry.msgid_plural, entry.flags)
+        for index, text in sorted(entry.msgstr.items()):
+            got = placeholders(text, entry.flags)
+            if got == wanted or (index in single and not got - wanted):
+                continue
+            problems.append(f"{label(entry)}[{index}]: {dict(got)} instead of {dict(wanted)}")
+    assert not problems, f"{code}:\n" + "\n".join(problems)
+
+
+@pytest.mark.parametrize("code", CODES)
+def test_compiled_catalogue_matches_the_po(code: str) -> None:
+    # The .mo ships with the app: compilemessages must have run after the last edit.
+    mo = compiled(code)._catalog  # type: ignore[attr-defined]
+    stale = []
+    for entry in messages(code):
+        msgid = entry.msgid if entry.msgctxt is None else f"{entry.msgctxt}\x04{entry.msgid}"
+        if entry.msgid_plural is None:
+            same = mo.get(msgid) == entry.msgstr.get(0)
+        else:
+            same = all(mo.get((msgid, i)) == text for i, text in entry.msgstr.items())
+        if not same:
+            stale.append(label(entry))
+    assert not stale, f"{code}: compile the catalogue again (compilemessages):\n" + "\n".join(stale)
+
+
+def test_catalogues_follow_the_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every string the app marks for translation is in every catalogue, and no other."""
+    if shutil.which("xgettext") is None:
+        pytest.skip("GNU gettext (xgettext) is not installed: cannot extract the strings")
+    app = tmp_path / "alarms"
+    shutil.copytree(
+        LOCALE.parent, app, ignore=shutil.ignore_patterns("locale", "__pycache__", "static")
+    )
+    # A locale folder in the copy, so that makemessages writes nowhere else.
+    (app / "locale" / "xx" / "LC_MESSAGES").mkdir(parents=True)
+    monkeypatch.chdir(app)
+    call_command("makemessages", locale=["xx"], no_obsolete=True, verbosity=0)
+    extracted = {e.key for e in read_po(app / "locale" / "xx" / "LC_MESSAGES" / "django.po")}
+    extracted.discard((None, "", None))
+    assert extracted, "no strings extracted"
+    for code in CODES:
+        present = {entry.key for entry in messages(code) if not entry.obsolete}
+        missing = sorted(msgid[:60] for _ctxt, msgid, _plural in extracted - present)
+        extra = sorted(msgid[:60] for _ctxt, msgid, _plural in present - extracted)
+        assert not missing and not extra, (
+            f"{code}: the catalogue is behind the source; run makemessages in alarms/.\n"
+            f"missing: {missing}\nno longer in the source: {extra}"
+        )
