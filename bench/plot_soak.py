@@ -66,6 +66,11 @@ def plot(directory: Path | str) -> Path:
         cpu.plot(minutes, _column(rows, f"{name}_cpu_pct"), label=name)
     cpu.plot(minutes, _column(rows, "clients_cpu_pct"), label="load clients", ls="--")
     cpu.plot(minutes, _column(rows, "pg_cpu_pct"), label="PostgreSQL", ls=":")
+    if "other_cpu_pct" in rows[0]:
+        # Anything else on the machine competes for the same cores.
+        cpu.plot(
+            minutes, _column(rows, "other_cpu_pct"), label="other processes", color="grey", lw=0.8
+        )
     cpu.set_ylabel("CPU (% of a core)")
     cpu.set_ylim(bottom=0)
     cpu.legend(loc="upper right", ncol=2)

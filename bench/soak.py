@@ -54,6 +54,7 @@ import time
 import urllib.request
 from array import array
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -232,6 +233,7 @@ class Client:
         self.closes: dict[str, int] = defaultdict(int)
         self.stopping = False
         self.ready: float | None = None
+        self.lag = 0.0  # the loop's worst lateness since the last report
 
     def opened(self, stream: Stream) -> None:
         self.open += 1
@@ -305,12 +307,22 @@ class Client:
             "foreign": self.foreign,
             "errors": self.errors,
             "closes": self.closes,
+            "lag_ms": round(self.lag * 1000, 1),
             **extra,
         }
         sys.stdout.write(json.dumps(line, separators=(",", ":")) + "\n")
         sys.stdout.flush()
         self.live = defaultdict(list)
         self.replayed = defaultdict(list)
+        self.lag = 0.0
+
+    async def _watch_lag(self) -> None:
+        # A late wake-up here means receive times are late too: the client's
+        # own share of the measured latency.
+        while True:
+            before = time.monotonic()
+            await asyncio.sleep(0.05)
+            self.lag = max(self.lag, time.monotonic() - before - 0.05)
 
     async def run(self, stop: asyncio.Event) -> None:
         started = time.monotonic()
@@ -327,11 +339,13 @@ class Client:
             self.ready = round(time.monotonic() - started, 2)
 
         opening = self.loop.create_task(open_all())
+        watch = self.loop.create_task(self._watch_lag())
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 1.0)
             self.report(**({"ready": self.ready} if self.ready is not None else {}))
         opening.cancel()
+        watch.cancel()
         self.stopping = True
         for stream in self.streams:
             if stream.transport is not None:
@@ -418,6 +432,7 @@ class Results:
     clients: dict[int, dict[str, Any]] = field(default_factory=dict)
     ready: dict[int, float] = field(default_factory=dict)
     commits: dict[int, tuple[float, float]] = field(default_factory=dict)
+    lag_ms: list[float] = field(default_factory=list)  # per client per second, once open
     writer_done: threading.Event = field(default_factory=threading.Event)
 
     def total(self, key: str) -> int:
@@ -441,6 +456,7 @@ def read_client(index: int, stream: IO[str], results: Results) -> None:
                     target[int(seq)].extend(ticks)
             if "ready" in report:
                 results.ready[index] = report["ready"]
+                results.lag_ms.append(report["lag_ms"])
             results.clients[index] = report
 
 
@@ -477,6 +493,14 @@ def proc_stat(pid: int) -> dict[str, float]:
         "threads": int(status["Threads"]),
         "rss_mib": int(status["VmRSS"].split()[0]) / 1024,
     }
+
+
+def machine_cpu() -> float:
+    """CPU seconds all cores have been busy since boot (/proc/stat)."""
+    with open("/proc/stat") as f:
+        ticks = [int(v) for v in f.readline().split()[1:]]
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
+    return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 def children_of(ppid: int) -> list[int]:
@@ -847,43 +871,54 @@ class Sampler:
         return round((value - before) / (now - before_at) * scale, 2)
 
     def sample(self, t: float) -> dict[str, Any]:
+        # The cheap, time-exact readings first; the servers' metrics (HTTP to a
+        # busy event loop, which may take seconds) last and side by side.
         now = time.time()
         row: dict[str, Any] = {"t_s": round(t, 1), "wall": round(now, 3)}
+        servers = {s.name: proc_stat(s.pid) for s in self.servers}
+        clients = [proc_stat(c.pid) for c in self.clients]
+        writer = proc_stat(self.writer.pid)
+        harness = proc_stat(os.getpid())
+        machine = machine_cpu()
+        with self.results.lock:
+            row["alarms_sent"] = len(self.results.commits)
+            row["client_open"] = self.results.total("open")
+            row["reconnects"] = self.results.total("reconnects")
         db = self.db.sample()
-        for s in self.servers:
-            st = proc_stat(s.pid)
+        with ThreadPoolExecutor(len(self.servers)) as pool:
+            answers = list(pool.map(self._metrics, self.servers))
+        for s, m in zip(self.servers, answers, strict=True):
+            st = servers[s.name]
             row[f"{s.name}_rss_mib"] = round(st.get("rss_mib", math.nan), 1)
             row[f"{s.name}_cpu_s"] = round(st.get("cpu", math.nan), 2)
             row[f"{s.name}_cpu_pct"] = self._rate(s.name, st.get("cpu"), now, 100)
             row[f"{s.name}_threads"] = st.get("threads", "")
-            try:
-                m = metrics(s.port, self.token)
-            except OSError:
-                m = {}
             row[f"{s.name}_streams"] = int(m.get("alarms_streams_open", -1))
             row[f"{s.name}_connects"] = int(m.get("alarms_connects_total", -1))
             row[f"{s.name}_fan_out_ms"] = m.get("alarms_last_fan_out_ms", "")
             row[f"{s.name}_db_backends"] = int(db.get(f"backends:soak-{s.name}", 0))
-        cpu = [proc_stat(c.pid).get("cpu") for c in self.clients]
-        row["clients_rss_mib"] = round(
-            sum(proc_stat(c.pid).get("rss_mib", 0.0) for c in self.clients), 1
-        )
-        row["clients_cpu_pct"] = self._rate(
-            "clients", sum(c for c in cpu if c is not None), now, 100
-        )
-        row["writer_cpu_pct"] = self._rate(
-            "writer", proc_stat(self.writer.pid).get("cpu"), now, 100
-        )
+        row["clients_rss_mib"] = round(sum(c.get("rss_mib", 0.0) for c in clients), 1)
+        cpu = sum(c.get("cpu", 0.0) for c in clients)
+        row["clients_cpu_pct"] = self._rate("clients", cpu, now, 100)
+        row["writer_cpu_pct"] = self._rate("writer", writer.get("cpu"), now, 100)
         row["pg_cpu_pct"] = self._rate("pg", db.get("cpu"), now, 100)
         row["db_xact_per_s"] = self._rate("xacts", db["xacts"], now)
         row["db_tup_returned_per_s"] = self._rate("tup", db["tup_returned"], now)
         row["db_backends"] = int(db["backends"])
-        with self.results.lock:
-            row["client_open"] = self.results.total("open")
-            row["reconnects"] = self.results.total("reconnects")
-            row["reconnects_per_s"] = self._rate("reconnects", row["reconnects"], now)
-            row["alarms_sent"] = len(self.results.commits)
+        row["reconnects_per_s"] = self._rate("reconnects", row["reconnects"], now)
+        # What else ran on the machine: a soak beside other work measures both.
+        ours = sum(st.get("cpu", 0.0) for st in servers.values()) + cpu
+        ours += writer.get("cpu", 0.0) + harness.get("cpu", 0.0) + db.get("cpu", 0.0)
+        row["machine_cpu_pct"] = self._rate("machine", machine, now, 100)
+        row["other_cpu_pct"] = self._rate("other", machine - ours, now, 100)
+        row["load1"] = round(os.getloadavg()[0], 2)
         return row
+
+    def _metrics(self, server: Proc) -> dict[str, float]:
+        try:
+            return metrics(server.port, self.token)
+        except OSError:
+            return {}
 
 
 def progress(row: dict[str, Any], results: Results, n: int) -> str:
@@ -1044,8 +1079,12 @@ def report(
             "client_errors": results.merged("errors"),
             "per_server": per_server,
             "clients_cpu_pct": mean("clients_cpu_pct"),
+            "client_lag_ms_p50_p99_max": [round(v, 1) for v in percentiles(results.lag_ms)],
             "writer_cpu_pct": mean("writer_cpu_pct"),
             "pg_cpu_pct": mean("pg_cpu_pct"),
+            "machine_cpu_pct": mean("machine_cpu_pct"),
+            "other_cpu_pct": mean("other_cpu_pct"),
+            "cores": os.cpu_count(),
             "db_xact_per_s": mean("db_xact_per_s"),
             "db_tup_returned_per_s": mean("db_tup_returned_per_s"),
             "db_backends_max": max((r["db_backends"] for r in run), default=0),
@@ -1119,7 +1158,11 @@ def markdown(s: dict[str, Any]) -> str:
         f"| PostgreSQL | {s['db_xact_per_s']:.1f} xact/s (the writer's included), "
         f"{s['db_tup_returned_per_s']:,.0f} tuples returned/s, {s['db_backends_max']} backends "
         f"at most, {s['pg_cpu_pct']:.1f}% CPU |",
-        f"| load client, writer CPU | {s['clients_cpu_pct']:.1f}%, {s['writer_cpu_pct']:.1f}% |",
+        f"| load clients: CPU, loop lag p50 / p99 / max | {s['clients_cpu_pct']:.1f}%, "
+        f"{ms(s['client_lag_ms_p50_p99_max'])} ms |",
+        f"| writer CPU | {s['writer_cpu_pct']:.1f}% |",
+        f"| the machine ({s['cores']} cores) | {s['machine_cpu_pct']:.0f}% of a core busy, of "
+        f"which {s['other_cpu_pct']:.0f}% outside this benchmark |",
     ]
     return "\n".join(lines)
 
