@@ -809,6 +809,8 @@ def harness(args: argparse.Namespace) -> int:
                 if writer.popen.poll() not in (None, 0):
                     raise SystemExit("The writer failed (see above).")
                 k += 1
+                if at >= end and results.writer_done.is_set() and all_delivered(results, args):
+                    break
             results.writer_done.wait(30)
         except KeyboardInterrupt:
             print("Interrupted: stopping, then reporting what was measured.", flush=True)
@@ -921,13 +923,17 @@ class Sampler:
             return {}
 
 
+def all_delivered(results: Results, args: argparse.Namespace) -> bool:
+    with results.lock:
+        got = sum(map(len, results.live.values())) + sum(map(len, results.replayed.values()))
+        return got >= len(results.commits) * args.streams
+
+
 def progress(row: dict[str, Any], results: Results, n: int) -> str:
     servers = sorted({k.split("_")[0] for k in row if k.startswith("server-")})
     with results.lock:
         sent = len(results.commits)
-        got = sum(len(v) for v in results.live.values()) + sum(
-            len(v) for v in results.replayed.values()
-        )
+        got = sum(map(len, results.live.values())) + sum(map(len, results.replayed.values()))
     rss = " ".join(f"{row[f'{s}_rss_mib']:.0f}" for s in servers)
     cpu = " ".join(f"{row[f'{s}_cpu_pct'] or 0:.0f}%" for s in servers)
     return (
@@ -1193,7 +1199,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tabs", type=int, default=2, help="streams per signed-in user")
     parser.add_argument("--warmup", type=float, default=60, help="seconds before RSS baseline")
     parser.add_argument("--sample", type=int, default=10, help="seconds between samples")
-    parser.add_argument("--drain", type=float, default=15, help="seconds after the last alarm")
+    parser.add_argument(
+        "--drain",
+        type=float,
+        default=60,
+        help="seconds after the last alarm to wait for stragglers, at most (default 60)",
+    )
     parser.add_argument("--concurrency", type=int, default=250, help="connects in flight")
     parser.add_argument("--open-timeout", type=float, default=600)
     parser.add_argument("--plot-only", type=Path, metavar="DIR", help="redraw DIR/soak.png")
