@@ -116,7 +116,17 @@ class CachedAlarm:
 class Subscriber:
     """One open stream: a bounded queue of encoded events and a reason if closed."""
 
-    __slots__ = ("_queue", "_size", "_waiter", "address", "closed", "dismissed", "id", "viewer")
+    __slots__ = (
+        "_queue",
+        "_size",
+        "_waiter",
+        "address",
+        "closed",
+        "dismissed",
+        "id",
+        "tracking",
+        "viewer",
+    )
     _ids = itertools.count(1)
 
     def __init__(self, viewer: Viewer, queue_size: int, address: str = "") -> None:
@@ -124,6 +134,9 @@ class Subscriber:
         self.viewer = viewer
         self.address = address
         self.dismissed: set[int] = set()
+        # While a connecting stream awaits its journal read, the ids of alarms
+        # queued to it meanwhile: its replay leaves them to the queue.
+        self.tracking: set[int] | None = None
         self.closed: str | None = None
         self._queue: list[bytes] = []
         self._size = queue_size
@@ -502,6 +515,8 @@ class BaseBroker:
                 for sub in self.by_user.get(user_id, ()):
                     sub.dismissed.add(alarm_id)
                     sub.push(chunk)
+                    if sub.tracking is not None:
+                        sub.tracking.add(alarm_id)
                 self.stats["events"] += 1
 
     def _fan_out(
@@ -509,6 +524,7 @@ class BaseBroker:
     ) -> None:
         encoded: dict[str, bytes] = {}
         retract: bytes | None = None
+        alarm_id = new.id if new is not None else old.id if old is not None else 0
         for sub in self.subscribers:
             viewer = sub.viewer
             if new is not None and new.live(now) and new.visible_to(viewer):
@@ -525,6 +541,8 @@ class BaseBroker:
                 sub.push(retract)
             else:
                 continue
+            if sub.tracking is not None:
+                sub.tracking.add(alarm_id)
             self.stats["events"] += 1
 
     def _tick(self) -> None:
@@ -628,10 +646,11 @@ class BaseBroker:
         """What a fresh stream should show: live, visible, not dismissed, unseen or critical."""
         now = timezone.now()
         event_id = events.format_event_id(self.head, _millis())
+        queued = sub.tracking or set()
         return [
             events.alarm(a.payload(sub.viewer.language), event_id)
             for a in self._deliverable(sub, now)
-            if a.id not in seen or a.level == "critical"
+            if (a.id not in seen or a.level == "critical") and a.id not in queued
         ]
 
     def _deliverable(self, sub: Subscriber, now: datetime) -> list[CachedAlarm]:
@@ -652,7 +671,7 @@ class BaseBroker:
         if seq > head or (first is not None and seq < first - 1):
             return None  # from another database, or older than what is kept
         rows = journal.filter(id__gt=seq, id__lte=head).values_list("alarm_id", "kind", "user_id")
-        missed = Missed(since=datetime.fromtimestamp(millis / 1000, tz=UTC))
+        missed = Missed(since=datetime.fromtimestamp(millis / 1000, tz=UTC), head=head)
         for alarm_id, kind, row_user in rows:
             if kind == "alarm":
                 missed.changed.add(alarm_id)
@@ -673,16 +692,21 @@ class BaseBroker:
     def replay(self, sub: Subscriber, missed: Missed) -> list[bytes]:
         """Exactly what a resuming stream missed since its Last-Event-ID."""
         now = timezone.now()
-        event_id = events.format_event_id(self.head, _millis())
+        # The journal was read up to missed.head; what came after is queued to
+        # the stream already (sub.tracking), with later event ids than these.
+        event_id = events.format_event_id(missed.head or self.head, _millis())
+        queued = sub.tracking or set()
         chunks = []
-        delivered = set()
+        delivered = set(queued)
         for a in self._deliverable(sub, now):
+            if a.id in queued:
+                continue
             if a.id in missed.changed or a.publish_at > missed.since:
                 chunks.append(events.alarm(a.payload(sub.viewer.language), event_id))
             delivered.add(a.id)
         for alarm_id in sorted(missed.retract - delivered):
             chunks.append(events.retract(alarm_id, event_id))
-        for alarm_id in sorted(missed.dismissed):
+        for alarm_id in sorted(missed.dismissed - queued):
             chunks.append(events.dismiss(alarm_id, event_id))
         return chunks
 
@@ -690,6 +714,7 @@ class BaseBroker:
 @dataclass
 class Missed:
     since: datetime
+    head: int = 0
     changed: set[int] = field(default_factory=set)
     dismissed: set[int] = field(default_factory=set)
     retract: set[int] = field(default_factory=set)

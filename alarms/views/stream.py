@@ -71,6 +71,9 @@ async def stream(request: HttpRequest) -> HttpResponse:
     head = broker.head
     try:
         if since is not None:
+            # Alarms fanned out while the journal is read reach the queue; the
+            # replay must not send them a second time.
+            sub.tracking = set()
             missed = await broker.run_db(broker.read_missed, state.viewer, since, head)
         else:
             missed = None
@@ -84,6 +87,8 @@ async def stream(request: HttpRequest) -> HttpResponse:
     except BaseException:
         broker.unsubscribe(sub)
         raise
+    finally:
+        sub.tracking = None
     logger.info(
         "stream %d opened: user %s, %s, %s (%d events)",
         sub.id,
