@@ -815,6 +815,7 @@ def harness(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             print("Interrupted: stopping, then reporting what was measured.", flush=True)
             args.minutes = (time.time() - t_writer) / 60
+            args.interrupted = True
     finally:
         for c in clients:
             if c.popen.poll() is None and c.popen.stdin is not None:
@@ -1060,6 +1061,7 @@ def report(
             "signed_in": args.signed_in,
             "tabs_per_user": args.tabs,
             "minutes": args.minutes,
+            "interrupted": args.interrupted,
             "interval_s": args.interval,
             "expire_s": args.expire,
             "lifetime_s": args.lifetime or None,
@@ -1095,8 +1097,19 @@ def report(
             "db_tup_returned_per_s": mean("db_tup_returned_per_s"),
             "db_backends_max": max((r["db_backends"] for r in run), default=0),
         }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "summary.json").write_text(json.dumps(_no_nan(summary), indent=2) + "\n")
     return summary
+
+
+def _no_nan(value: Any) -> Any:
+    """NaN (nothing measured) as null, which JSON has."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _no_nan(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_no_nan(v) for v in value]
+    return value
 
 
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -1114,7 +1127,10 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 
 def markdown(s: dict[str, Any]) -> str:
     def ms(values: list[float]) -> str:
-        return " / ".join("-" if math.isnan(v) else f"{v:,.0f}" for v in values)
+        return " / ".join(num(v, ",.0f") for v in values)
+
+    def num(value: float, spec: str) -> str:
+        return "-" if math.isnan(value) else format(value, spec)
 
     lines = [
         f"## Soak, {s['date']}",
@@ -1122,9 +1138,12 @@ def markdown(s: dict[str, Any]) -> str:
         "| measure | value |",
         "|---|---|",
         f"| streams | {s['streams']:,} over {s['servers']} daphne processes, from {s['clients']} "
-        f"client processes; {s['signed_in']:.0%} signed in ({s['tabs_per_user']} per user); "
+        f"client process{'es' if s['clients'] > 1 else ''}; {s['signed_in']:.0%} signed in "
+        f"({s['tabs_per_user']} per user); "
         "en / ko / ja a third each |",
-        f"| duration | {s['minutes']:g} min of alarms, after {s['connect_s']:.1f} s to open "
+        f"| duration | {s['minutes']:.1f} min of alarms"
+        + (" (interrupted)" if s["interrupted"] else "")
+        + f", after {s['connect_s']:.1f} s to open "
         "every stream; "
         + (f"a connection drops every {s['churn_s']:g} s on average" if s["churn_s"] else "")
         + ("" if s["churn_s"] else "no drops")
@@ -1153,9 +1172,9 @@ def markdown(s: dict[str, Any]) -> str:
     for name, p in s["per_server"].items():
         lines += [
             f"| {name} RSS after warm-up → end | {p['rss_start_mib']:.1f} → "
-            f"{p['rss_end_mib']:.1f} MiB ({p['rss_growth_pct']:+.1f}%; trend "
-            f"{p['rss_slope_mib_per_h']:+.1f} MiB/h) |",
-            f"| {name} CPU, threads, DB connections | {p['cpu_s_per_min']:.1f} s/min, "
+            f"{p['rss_end_mib']:.1f} MiB ({num(p['rss_growth_pct'], '+.1f')}%; trend "
+            f"{num(p['rss_slope_mib_per_h'], '+.1f')} MiB/h) |",
+            f"| {name} CPU, threads, DB connections | {num(p['cpu_s_per_min'], '.1f')} s/min, "
             f"{p['threads_max']} threads, {p['db_backends_max']} connections |",
             f"| {name} journal read p50 / max, fan-out p50 / p99 / max | "
             f"{ms(p['journal_read_ms_p50_max'])} ms, {ms(p['fan_out_ms_p50_p99_max'])} ms |",
@@ -1215,6 +1234,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main() -> int:
     args = build_parser().parse_args()
+    args.interrupted = False
     sys.path.insert(0, str(ROOT))
     if args.role == "client":
         return client_main()
