@@ -808,6 +808,8 @@ def harness(args: argparse.Namespace) -> int:
                 print(progress(row, results, args.streams), flush=True)
                 if writer.popen.poll() not in (None, 0):
                     raise SystemExit("The writer failed (see above).")
+                if any(c.popen.poll() is not None for c in clients):
+                    raise SystemExit("A client process ended early (see above).")
                 k += 1
                 if at >= end and results.writer_done.is_set() and all_delivered(results, args):
                     break
