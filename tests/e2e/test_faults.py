@@ -13,6 +13,7 @@ import contextlib
 import itertools
 import os
 import pwd
+import socket
 import subprocess
 import threading
 import time
@@ -157,19 +158,8 @@ STREAMS = 100
 RETRY_MS = 300
 
 
-class DeliveredTwice(AssertionError):
-    """Every client got every alarm, but some more than once."""
-
-
 @pytest.mark.e2e
 @pytest.mark.postgres
-@pytest.mark.xfail(
-    raises=DeliveredTwice,  # a lost alarm, or anything else, still fails
-    strict=True,
-    reason="a stream resuming with Last-Event-ID gets alarms twice when the broker fans "
-    "them out while the stream's journal read (read_missed) is awaited: they are queued "
-    "and replayed both (fix pending in alarms/broker/base.py)",
-)
 def test_postgres_restart_under_100_streams_loses_nothing(
     server_factory: Callable[..., Server],
     make_user: Callable[..., Any],
@@ -180,7 +170,6 @@ def test_postgres_restart_under_100_streams_loses_nothing(
     # Storm control would (rightly) hold back a writer this busy.
     settings.ALARMS = {**settings.ALARMS, "STORM_LIMIT": None}
     server = server_factory(
-        METRICS_TOKEN=TOKEN,
         RETRY_MS=RETRY_MS,
         # Short lives: streams end and resume with Last-Event-ID throughout,
         # the outage included.
@@ -203,7 +192,8 @@ def test_postgres_restart_under_100_streams_loses_nothing(
     try:
         for thread in threads:
             thread.start()
-        wait_until(lambda: metrics(server)["alarms_streams_open"] == STREAMS, 30, "streams open")
+        # Not the open-stream gauge: with lives this short, some are always between two.
+        wait_until(lambda: all(c.connects for c in clients), 60, "every client connected")
 
         before = [api.send_alarm(en(f"Before {n}"), audience="everyone").pk for n in range(3)]
         wait_until(
@@ -272,11 +262,10 @@ def test_postgres_restart_under_100_streams_loses_nothing(
         f"{len(lost)} of {STREAMS} clients missed some of the {len(committed)} committed "
         f"alarms (or got others): {dict(list(lost.items())[:5])}"
     )
-    if twice:
-        raise DeliveredTwice(
-            f"{len(twice)} of {STREAMS} clients got some of the {len(committed)} committed "
-            f"alarms more than once: {dict(list(twice.items())[:5])}"
-        )
+    assert not twice, (
+        f"{len(twice)} of {STREAMS} clients got some of the {len(committed)} committed "
+        f"alarms more than once: {dict(list(twice.items())[:5])}"
+    )
 
 
 @pytest.mark.e2e
@@ -315,9 +304,18 @@ def test_a_failed_journal_read_is_retried_without_another_wake_up(server: Server
 CYCLES = int(os.environ.get("ALARMS_CYCLES", "100000"))
 WARM_UP = min(5000, CYCLES)
 CONCURRENCY = 32
-# Client addresses (all of 127/8 is loopback): the per-address accounting is
-# exercised, and no one address runs out of ports to TIME_WAIT.
-SOURCES = [f"127.0.0.{n}" for n in range(1, 17)]
+
+
+def client_addresses() -> list[str]:
+    """Several loopback addresses where the system has them (Linux: all of 127/8),
+    so the per-address accounting is exercised and no one address runs out of
+    ports to TIME_WAIT."""
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.2", 0))
+        except OSError:
+            return ["127.0.0.1"]
+    return [f"127.0.0.{n}" for n in range(1, 17)]
 
 
 @dataclass(frozen=True)
@@ -369,13 +367,14 @@ async def connect_read_close(port: int, visit: Visit, source: str, abort: bool) 
 async def cycle(port: int, visits: list[Visit], count: int) -> Counter[str]:
     outcomes: Counter[str] = Counter()
     numbers = itertools.count()
+    sources = client_addresses()
 
     async def worker() -> None:
         while (i := next(numbers)) < count:
             try:
                 async with asyncio.timeout(30):
                     outcome = await connect_read_close(
-                        port, visits[i % len(visits)], SOURCES[i % len(SOURCES)], i % 4 == 3
+                        port, visits[i % len(visits)], sources[i % len(sources)], i % 4 == 3
                     )
             except (OSError, asyncio.IncompleteReadError, TimeoutError) as exc:
                 outcome = type(exc).__name__
