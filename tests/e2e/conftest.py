@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,12 +39,21 @@ def database_url() -> str:
 
 
 class Server:
-    """One daphne process serving config.asgi on 127.0.0.1."""
+    """One daphne process serving config.asgi on 127.0.0.1.
 
-    def __init__(self, alarms: dict[str, Any] | None = None, port: int | None = None) -> None:
+    ``extra_args`` go to daphne's command line, e.g. ``["--proxy-headers"]``.
+    """
+
+    def __init__(
+        self,
+        alarms: dict[str, Any] | None = None,
+        port: int | None = None,
+        extra_args: Sequence[str] = (),
+    ) -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.alarms = alarms or {}
+        self.extra_args = list(extra_args)
         self.process: subprocess.Popen[bytes] | None = None
         self.log = ARTIFACTS / f"daphne-{self.port}.log"
 
@@ -68,6 +77,7 @@ class Server:
                 "127.0.0.1",
                 "-p",
                 str(self.port),
+                *self.extra_args,
                 "config.asgi:application",
             ],
             cwd=ROOT,
@@ -119,8 +129,8 @@ class Server:
 def server_factory(transactional_db: None) -> Iterator[Callable[..., Server]]:
     started: list[Server] = []
 
-    def make(**alarms: Any) -> Server:
-        server = Server(alarms).start()
+    def make(*, extra_args: Sequence[str] = (), **alarms: Any) -> Server:
+        server = Server(alarms, extra_args=extra_args).start()
         started.append(server)
         return server
 
