@@ -1,0 +1,111 @@
+"""docs/alarms@.service, the systemd unit of docs/deployment.md, run as written.
+
+No systemd here: the test starts the unit's ExecStart line itself (daphne from
+this virtualenv, ``%i`` a free port, the test's settings) and stops it with the
+unit's KillSignal, holding it to the unit's TimeoutStopSec.
+"""
+
+from __future__ import annotations
+
+import configparser
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from alarms import api
+from alarms.conf import DEFAULTS
+from tests.e2e.conftest import ROOT, Server, free_port
+from tests.e2e.test_stream import en
+from tests.sse import Stream
+
+pytestmark = pytest.mark.e2e
+
+UNIT = ROOT / "docs" / "alarms@.service"
+
+
+def service() -> configparser.SectionProxy:
+    parser = configparser.ConfigParser(interpolation=None, strict=True)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]  # keys are case-sensitive
+    parser.read_string(UNIT.read_text())
+    return parser["Service"]
+
+
+def exec_start(port: int) -> list[str]:
+    argv = shlex.split(service()["ExecStart"])
+    assert Path(argv[0]).name == "daphne", argv
+    return [sys.executable, "-m", "daphne", *(a.replace("%i", str(port)) for a in argv[1:])]
+
+
+@pytest.fixture
+def unit_process(transactional_db: None) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    port = free_port()
+    env = Server().env()  # the test database and settings, as every e2e server
+    log = (ROOT / "test-artifacts" / f"unit-{port}.log").open("ab")
+    process = subprocess.Popen(
+        exec_start(port), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+    deadline = time.monotonic() + 20
+    while True:
+        assert process.poll() is None, "daphne exited at start"
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            assert time.monotonic() < deadline, "daphne did not listen in 20 s"
+            time.sleep(0.05)
+    try:
+        yield process, port
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+        log.close()
+
+
+def test_the_unit_serves_streams_and_stops_within_its_timeout(unit_process) -> None:
+    process, port = unit_process
+    unit = service()
+    with Stream(f"http://127.0.0.1:{port}/alarms/stream/") as stream:
+        assert stream.status == 200
+        alarm = api.send_alarm(en("Served by the unit"), audience="everyone")
+        assert stream.next_event(5).json()["id"] == alarm.pk
+        stopped = time.monotonic()
+        process.send_signal(signal.Signals[unit["KillSignal"]])
+        with pytest.raises(EOFError):
+            stream.drain(5)  # the stream ends cleanly, with a hint to come back soon
+    assert "closed: shutdown" in stream.parser.comments
+    assert stream.parser.retry is not None and stream.parser.retry <= 1000
+    process.wait(int(unit["TimeoutStopSec"]))  # else systemd would SIGKILL it
+    took = time.monotonic() - stopped
+    assert took < int(unit["TimeoutStopSec"]), took
+
+
+def test_the_unit_listens_on_loopback_only_and_behind_a_proxy(unit_process) -> None:
+    _, port = unit_process
+    # --proxy-headers trusts X-Forwarded-For from whoever connects: only the
+    # local nginx may. Linux routes all of 127/8 to loopback, so another local
+    # address shows whether daphne listens beyond 127.0.0.1.
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.2", 0))
+        except OSError:
+            pytest.skip("this system has no 127.0.0.2")
+        probe.settimeout(2)
+        with pytest.raises(ConnectionRefusedError):
+            probe.connect(("127.0.0.2", port))
+    assert "--proxy-headers" in exec_start(port)
+
+
+def test_the_units_limits_fit_the_apps_defaults() -> None:
+    unit = service()
+    # A socket per stream, beyond the process cap's worth, with room for the rest.
+    assert int(unit["LimitNOFILE"]) >= DEFAULTS["MAX_STREAMS"] + 1000
+    # systemd waits this long after KillSignal: the grace and daphne's shutdown.
+    assert int(unit["TimeoutStopSec"]) >= DEFAULTS["SHUTDOWN_GRACE"] + 10
