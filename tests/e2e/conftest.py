@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,52 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def wait_listening(
+    process: subprocess.Popen[bytes],
+    port: int,
+    seconds: float,
+    what: str,
+    output: Callable[[], str],
+) -> None:
+    """Return once something listens on 127.0.0.1:port; fail if ``process`` exits first."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited: {output()}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{what} did not start listening in {seconds:.0f} s: {output()}")
+
+
+def stop_process(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+    """Send ``sig``; kill the process if it is still there 10 s later."""
+    if process.poll() is None:
+        process.send_signal(sig)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def read_metrics(url: str, token: str) -> dict[str, float]:
+    """A server's /alarms/metrics/ by sample: ``'name{labels}'`` -> value."""
+    request = urllib.request.Request(
+        f"{url}/alarms/metrics/", headers={"Authorization": f"Bearer {token}"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        text = response.read().decode()
+    found = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            found[name] = float(value)
+    return found
 
 
 def database_url() -> str:
@@ -85,28 +132,17 @@ class Server:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"daphne exited: {self.log.read_text()[-2000:]}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return self
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("daphne did not start listening in 20 s")
+        wait_listening(self.process, self.port, 20, "daphne", lambda: self.log.read_text()[-2000:])
+        return self
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            stop_process(self.process, sig)
         self.process = None
+
+    def metrics(self, token: str) -> dict[str, float]:
+        """This server's /alarms/metrics/ (it must run with that METRICS_TOKEN)."""
+        return read_metrics(self.url, token)
 
     def restart(self) -> Server:
         self.stop()

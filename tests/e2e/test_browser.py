@@ -8,7 +8,6 @@ import re
 import shutil
 import signal
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -48,14 +47,7 @@ def metered(server_factory: Any) -> Any:
 
 
 def streams_at(server: Any) -> int:
-    request = urllib.request.Request(
-        server.url + "/alarms/metrics/", headers={"Authorization": f"Bearer {METRICS_TOKEN}"}
-    )
-    with urllib.request.urlopen(request, timeout=5) as response:
-        text = response.read().decode()
-    match = re.search(r"^alarms_streams_open (\d+)$", text, re.MULTILINE)
-    assert match, text
-    return int(match.group(1))
+    return int(server.metrics(METRICS_TOKEN)["alarms_streams_open"])
 
 
 def signed_in(make: Any, server: Any, session_cookie: Any, user: Any, **options: Any) -> Any:

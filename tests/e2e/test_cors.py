@@ -13,7 +13,6 @@ from __future__ import annotations
 import re
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from html import escape
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -130,14 +129,7 @@ def wait_until(predicate: Callable[[], Any], page: Any, timeout: float = 5.0) ->
 
 
 def streams_at(server: Any) -> int:
-    request = urllib.request.Request(
-        server.url + "/alarms/metrics/", headers={"Authorization": f"Bearer {METRICS_TOKEN}"}
-    )
-    with urllib.request.urlopen(request, timeout=5) as response:
-        text = response.read().decode()
-    match = re.search(r"^alarms_streams_open (\d+)$", text, re.MULTILINE)
-    assert match, text
-    return int(match.group(1))
+    return int(server.metrics(METRICS_TOKEN)["alarms_streams_open"])
 
 
 def receipt(user: Any, alarm: Alarm) -> AlarmReceipt | None:

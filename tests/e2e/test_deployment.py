@@ -21,7 +21,7 @@ import pytest
 
 from alarms import api
 from alarms.conf import DEFAULTS
-from tests.e2e.conftest import ROOT, Server, free_port
+from tests.e2e.conftest import ROOT, Server, free_port, wait_listening
 from tests.e2e.test_stream import en
 from tests.sse import Stream
 
@@ -51,16 +51,8 @@ def unit_process(transactional_db: None) -> Iterator[tuple[subprocess.Popen[byte
     process = subprocess.Popen(
         exec_start(port), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
     )
-    deadline = time.monotonic() + 20
-    while True:
-        assert process.poll() is None, "daphne exited at start"
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            assert time.monotonic() < deadline, "daphne did not listen in 20 s"
-            time.sleep(0.05)
     try:
+        wait_listening(process, port, 20, "daphne", lambda: Path(log.name).read_text()[-2000:])
         yield process, port
     finally:
         if process.poll() is None:

@@ -19,7 +19,6 @@ import socket
 import subprocess
 import threading
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,17 +41,7 @@ def en(title: str) -> dict[str, dict[str, str]]:
 
 
 def metrics(server: Server) -> dict[str, float]:
-    request = urllib.request.Request(
-        f"{server.url}/alarms/metrics/", headers={"Authorization": f"Bearer {TOKEN}"}
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        text = response.read().decode()
-    found = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            found[name] = float(value)
-    return found
+    return server.metrics(TOKEN)
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:

@@ -16,11 +16,9 @@ import os
 import queue
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from http.cookies import SimpleCookie
 from pathlib import Path
@@ -29,7 +27,7 @@ from typing import IO, Any
 import pytest
 
 from alarms import api
-from tests.e2e.conftest import ROOT, Server, free_port
+from tests.e2e.conftest import ROOT, Server, free_port, stop_process, wait_listening
 from tests.e2e.test_stream import en, metric, wait_for
 from tests.sse import Event, Parser, Stream
 
@@ -145,27 +143,12 @@ class Nginx:
         self.process = subprocess.Popen(
             command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"nginx exited: {self.errors()}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return self
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError(f"nginx did not start listening in 10 s: {self.errors()}")
+        wait_listening(self.process, self.port, 10, "nginx", self.errors)
+        return self
 
     def stop(self) -> None:
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)  # fast shutdown: open streams are cut
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            stop_process(self.process)  # SIGTERM, nginx's fast shutdown: open streams are cut
         self.process = None
 
     def errors(self) -> str:
