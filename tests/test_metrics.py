@@ -200,13 +200,21 @@ def test_only_staff_or_the_token() -> None:
         Client().get(URL, headers={"Authorization": "Bearer nope"}),
         Client().get(URL, headers={"Authorization": TOKEN}),  # no scheme
         Client().get(URL, headers={"Authorization": f"Bearer {TOKEN}x"}),  # a longer token
+        Client().get(URL, headers={"Authorization": f"Bearer {TOKEN.upper()}"}),
+        Client().get(URL, headers={"Authorization": f"Basic {TOKEN}"}),
     ]
     for response in refused:
         assert response.status_code == 403
         assert response.content == DENIED  # and no counters
         assert_never_cached(response)
 
-    for response in (operator.get(URL), Client().get(URL, headers=AUTH)):
+    # The scheme's case is free (RFC 9110), the token's is not.
+    lower = {"Authorization": f"bearer {TOKEN}"}
+    for response in (
+        operator.get(URL),
+        Client().get(URL, headers=AUTH),
+        Client().get(URL, headers=lower),
+    ):
         assert response.status_code == 200
         assert b"alarms_streams_open " in response.content
         assert_never_cached(response)
@@ -234,7 +242,7 @@ def test_only_get() -> None:
 
 REQUIRED = {
     "alarms_streams_open",  # open streams
-    "alarms_events_total",  # events delivered
+    "alarms_events_delivered_total",  # events delivered
     "alarms_broker_lag_seconds",  # broker lag
     "alarms_resumes_total",  # reconnects
     "alarms_connects_total",
@@ -253,7 +261,7 @@ def test_prometheus_text_format() -> None:
     response = Client().get(URL, headers=AUTH)
 
     assert response.status_code == 200
-    assert response["Content-Type"] == "text/plain; version=0.0.4"
+    assert response["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
     text = response.content.decode()
     families = parse(text)  # every rule of the format, or ExpositionError
     assert text.endswith("\n") and not text.endswith("\n\n")
@@ -305,6 +313,7 @@ def test_values_are_the_brokers() -> None:
         "aborted_stalled": 16,
         "closed_lifetime": 17,
         "closed_shutdown": 18,
+        "delivered": 19,
     }
     broker.stats.update(counted)
     broker.timings.update(read_ms=2.5, fan_out_ms=0.5, lag_s=1.25)
@@ -331,6 +340,7 @@ def test_values_are_the_brokers() -> None:
         (refused, (("reason", "full"),)): 1,
         (refused, (("reason", "address"),)): 1,
         ("alarms_events_total", ()): 11,
+        ("alarms_events_delivered_total", ()): 19,
         ("alarms_reads_total", ()): 14,
         ("alarms_notifications_total", ()): 15,
         (closed, (("reason", "slow"),)): 1,

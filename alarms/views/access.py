@@ -12,8 +12,13 @@ from alarms.conf import get_config
 def allowed(request: HttpRequest, user_is_staff: bool) -> bool:
     """Staff users, or a request bearing ``ALARMS["METRICS_TOKEN"]`` when one is set."""
     token = get_config()["METRICS_TOKEN"]
-    given = request.headers.get("Authorization", "")
-    # Constant-time: the token must not leak through response timings.
-    if token and hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    # The scheme is case-insensitive (RFC 9110); the comparison constant-time, so
+    # that the token does not leak through response timings.
+    if (
+        token
+        and scheme.lower() == "bearer"
+        and hmac.compare_digest(given.encode(), str(token).encode())
+    ):
         return True
     return user_is_staff

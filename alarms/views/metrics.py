@@ -59,6 +59,10 @@ async def metrics(request: HttpRequest) -> HttpResponse:
         "# HELP alarms_events_total Events queued to streams.",
         "# TYPE alarms_events_total counter",
         f"alarms_events_total {stats['events']}",
+        "# HELP alarms_events_delivered_total Events written to streams, replays included "
+        "(queued events of a stream dropped as too slow never are).",
+        "# TYPE alarms_events_delivered_total counter",
+        f"alarms_events_delivered_total {stats['delivered']}",
         "# HELP alarms_reads_total Journal reads by the broker.",
         "# TYPE alarms_reads_total counter",
         f"alarms_reads_total {stats['reads']}",
@@ -78,4 +82,6 @@ async def metrics(request: HttpRequest) -> HttpResponse:
         "# TYPE alarms_stalled_aborted_total counter",
         f"alarms_stalled_aborted_total {stats['aborted_stalled']}",
     ]
-    return HttpResponse("\n".join(lines) + "\n", content_type="text/plain; version=0.0.4")
+    return HttpResponse(
+        "\n".join(lines) + "\n", content_type="text/plain; version=0.0.4; charset=utf-8"
+    )

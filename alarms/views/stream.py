@@ -170,11 +170,14 @@ async def _events(
     _slim(request)
     opening = events.encode(retry=int(config["RETRY_MS"])) + events.comment("alarms")
     opening += b"".join(first)
+    replayed = len(first)
     first.clear()  # this frame lives as long as the stream
     del request
     try:
         yield opening
         del opening
+        # Counted once the server took the bytes (with flow_control: its socket did).
+        broker.stats["delivered"] += replayed
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -182,6 +185,7 @@ async def _events(
             chunks = await sub.next(max(0.0, min(heartbeat, remaining)))
             if chunks:
                 yield b"".join(chunks)
+                broker.stats["delivered"] += len(chunks)
             if sub.closed:
                 closing = events.comment(f"closed: {sub.closed}")
                 if sub.closed == "shutdown":

@@ -71,16 +71,9 @@ def en(title: str, message: str = "Body") -> dict[str, dict[str, str]]:
 
 
 def metric(server, name: str, token: str = "t0ken") -> float:
-    import urllib.request
-
-    request = urllib.request.Request(
-        f"{server.url}/alarms/metrics/", headers={"Authorization": f"Bearer {token}"}
-    )
-    with urllib.request.urlopen(request, timeout=5) as response:
-        for line in response.read().decode().splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[1])
-    raise AssertionError(f"no metric {name}")
+    found = server.metrics(token)
+    assert name in found, f"no metric {name}"
+    return found[name]
 
 
 def wait_for(predicate, timeout: float = 5.0) -> None:
@@ -250,7 +243,11 @@ def test_disconnect_frees_the_stream(server_factory, make_user, session_cookie):
     wait_for(lambda: metric(server, "alarms_streams_open") == 5)
     assert metric(server, "alarms_last_fan_out_ms") == 0  # nothing broadcast yet
     api.send_alarm(en("Counted"))
+    for stream in streams:
+        stream.next_event(5)
     wait_for(lambda: metric(server, "alarms_last_read_ms") > 0)
+    # The five arrived, so the server counts five written.
+    assert metric(server, "alarms_events_delivered_total") == 5
     for stream in streams:
         stream.close()
     wait_for(lambda: metric(server, "alarms_streams_open") == 0)
