@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from asgiref.sync import sync_to_async
 from django.contrib.auth import get_user_model
-from django.db import connection, connections
+from django.db import OperationalError, connection, connections
 from django.test import override_settings
 from django.utils import timezone
 
@@ -261,6 +261,37 @@ class TestPostgresBroker(BrokerContract):
             assert broker.stats["notifications"] >= 1
 
         run(test)
+
+
+@pytest.mark.postgres
+def test_a_failed_start_retried_keeps_one_listener(transactional_db, monkeypatch):
+    """The first read fails (the database is away): the next stream's start
+    retries it, and the listener the first attempt began is the only one."""
+
+    async def main() -> None:
+        broker = PostgresBroker()
+        real, calls = broker._load_all, []
+
+        def flaky() -> None:
+            calls.append(1)
+            if len(calls) == 1:
+                raise OperationalError("the database is away")
+            real()
+
+        monkeypatch.setattr(broker, "_load_all", flaky)
+        try:
+            with pytest.raises(OperationalError):
+                await broker.ensure_started()
+            await broker.ensure_started()
+            assert broker.running
+            listeners = [t for t in asyncio.all_tasks() if t.get_name() == "alarms-listen"]
+            assert len(listeners) == 1
+        finally:
+            await broker.stop()
+            await sync_to_async(connections.close_all)()
+
+    with override_settings(ALARMS={"SHUTDOWN_GRACE": 0}):
+        asyncio.run(main())
 
 
 def test_postgres_broker_refuses_other_databases():

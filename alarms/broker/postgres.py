@@ -52,10 +52,13 @@ class PostgresBroker(BaseBroker):
         return []
 
     async def on_start(self) -> None:
-        self.listening = asyncio.Event()
-        self._listener = asyncio.get_running_loop().create_task(
-            self._listen(), name="alarms-listen"
-        )
+        # A start whose first read failed is retried by the next stream; the
+        # listener it began reconnects by itself and must not get a twin.
+        if self._listener is None or self._listener.done():
+            self.listening = asyncio.Event()
+            self._listener = asyncio.get_running_loop().create_task(
+                self._listen(), name="alarms-listen"
+            )
         # Listen before the first read: a write between the two is then seen.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.listening.wait(), 10)
