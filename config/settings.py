@@ -143,6 +143,9 @@ STORAGES = {
 if not DEBUG:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     SECURE_SSL_REDIRECT = env.bool("DJANGO_SECURE_SSL_REDIRECT", default=True)
+    # Scrapers and health checks call each daphne process on loopback, over
+    # plain HTTP and past nginx (which redirects everything else to HTTPS).
+    SECURE_REDIRECT_EXEMPT = [r"^alarms/(health|metrics)/$"]
     SESSION_COOKIE_SECURE = True
     CSRF_COOKIE_SECURE = True
     SECURE_HSTS_SECONDS = env.int("DJANGO_SECURE_HSTS_SECONDS", default=60 * 60 * 24 * 30)
@@ -183,4 +186,7 @@ LOGGING = {
 # ---------------------------------------------------------------------------
 # Alarms (see alarms/conf.py for every key and its default)
 # ---------------------------------------------------------------------------
-ALARMS: dict[str, object] = {}
+ALARMS: dict[str, object] = {
+    # Bearer token for /alarms/metrics/ and /alarms/health/ besides staff users.
+    "METRICS_TOKEN": env.str("ALARMS_METRICS_TOKEN", default="") or None,
+}

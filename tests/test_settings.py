@@ -150,3 +150,33 @@ def test_check_deploy_flags_debug() -> None:
 
     assert result.returncode != 0
     assert "security.W018" in result.stderr
+
+
+PROBE = """
+import django
+django.setup()
+from django.test import Client
+client = Client(HTTP_HOST="127.0.0.1:8001")
+token = {"Authorization": "Bearer the-token"}
+print(client.get("/alarms/metrics/", headers=token).status_code,
+      client.get("/alarms/metrics/").status_code,
+      client.get("/", headers=token).status_code)
+"""
+
+
+def test_metrics_answer_over_plain_http_on_loopback_with_the_token() -> None:
+    # A scraper calls each daphne process directly, without X-Forwarded-Proto:
+    # the metrics answer (the token from the environment) while pages still
+    # redirect to HTTPS.
+    env = production(DJANGO_ALLOWED_HOSTS="127.0.0.1", ALARMS_METRICS_TOKEN="the-token")
+    result = run(["-c", PROBE], **env)
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["200", "403", "301"]
+
+
+def test_no_metrics_token_unless_set() -> None:
+    result = run(["-c", PROBE], DJANGO_DEBUG="1")
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[:2] == ["403", "403"]
