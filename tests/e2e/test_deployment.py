@@ -46,7 +46,9 @@ def exec_start(port: int) -> list[str]:
 @pytest.fixture
 def unit_process(transactional_db: None) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
     port = free_port()
-    env = Server().env()  # the test database and settings, as every e2e server
+    # The test database and settings, as every e2e server; a grace long enough
+    # to see what a stream asked for in it gets.
+    env = Server({"SHUTDOWN_GRACE": 3}).env()
     log = (ROOT / "test-artifacts" / f"unit-{port}.log").open("ab")
     process = subprocess.Popen(
         exec_start(port), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
@@ -74,6 +76,10 @@ def test_the_unit_serves_streams_and_stops_within_its_timeout(unit_process) -> N
             stream.drain(5)  # the stream ends cleanly, with a hint to come back soon
     assert "closed: shutdown" in stream.parser.comments
     assert stream.parser.retry is not None and stream.parser.retry <= 1000
+    # Until daphne stops, a new stream is refused, so a proxy passes it on to
+    # another process (docs/nginx-alarms-locations.conf: proxy_next_upstream).
+    with Stream(f"http://127.0.0.1:{port}/alarms/stream/") as late:
+        assert late.status == 503
     process.wait(int(unit["TimeoutStopSec"]))  # else systemd would SIGKILL it
     took = time.monotonic() - stopped
     assert took < int(unit["TimeoutStopSec"]), took

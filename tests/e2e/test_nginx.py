@@ -47,6 +47,10 @@ IGNORE_ACCEL = (
 HTTP_10 = ("    proxy_http_version 1.1;\n", "    proxy_http_version 1.0;\n")  # nginx's default
 
 
+GZIP_LEFT_ON = ("    gzip off;\n", "")
+NO_NEXT_UPSTREAM = ("    proxy_next_upstream error timeout http_503;\n", "")
+
+
 def read_timeout(seconds: int) -> tuple[str, str]:
     return "    proxy_read_timeout 60s;\n", f"    proxy_read_timeout {seconds}s;\n"
 
@@ -126,6 +130,8 @@ class Nginx:
             "events {\n    worker_connections 256;\n}\n"
             "http {\n"
             f"    access_log {self.dir / 'access.log'};\n{temp}"
+            # As a site that compresses its text: the snippet's `gzip off` must win.
+            "    gzip on;\n    gzip_types text/event-stream;\n"
             f"{upstream_block(upstream_ports)}"
             "server {\n"
             f"    listen {listen};\n{certificate}"
@@ -278,6 +284,12 @@ def test_alarms_arrive_through_nginx_while_the_streams_stay_open(server_factory,
             stream.close()
 
 
+def test_control_without_gzip_off_the_stream_is_compressed(server_factory, nginx_factory):
+    nginx = nginx_factory([server_factory(extra_args=PROXY_HEADERS)], edits=[GZIP_LEFT_ON])
+    with Stream(nginx.stream_url, headers={"Accept-Encoding": "gzip"}) as stream:
+        assert stream.headers.get("Content-Encoding") == "gzip"
+
+
 @pytest.mark.parametrize(
     "edits",
     [
@@ -312,6 +324,36 @@ def test_control_a_buffering_nginx_holds_the_stream_back(server_factory, nginx_f
         client.settimeout(3)
         with pytest.raises(TimeoutError):
             client.recv(1)
+
+
+# ---------------------------------------------------------------------------
+# A process that refuses streams (shutting down, or full) is passed over
+# ---------------------------------------------------------------------------
+
+
+def streams_through(nginx: Nginx, count: int) -> list[int]:
+    statuses = []
+    for _ in range(count):
+        with Stream(nginx.stream_url) as stream:
+            statuses.append(stream.status)
+    return statuses
+
+
+def test_a_process_that_answers_503_is_passed_over(server_factory, nginx_factory):
+    full = server_factory(extra_args=PROXY_HEADERS, METRICS_TOKEN="t0ken", MAX_STREAMS=0)
+    taking = server_factory(extra_args=PROXY_HEADERS, METRICS_TOKEN="t0ken")
+    nginx = nginx_factory([full, taking])
+    assert streams_through(nginx, 4) == [200] * 4
+    # nginx did ask the full process first, for some of them.
+    assert metric(full, 'alarms_streams_refused_total{reason="full"}') >= 1
+    assert metric(taking, "alarms_connects_total") == 4
+
+
+def test_control_without_next_upstream_the_503_reaches_the_browser(server_factory, nginx_factory):
+    full = server_factory(extra_args=PROXY_HEADERS, MAX_STREAMS=0)
+    taking = server_factory(extra_args=PROXY_HEADERS)
+    nginx = nginx_factory([full, taking], edits=[NO_NEXT_UPSTREAM])
+    assert 503 in streams_through(nginx, 4)
 
 
 # ---------------------------------------------------------------------------
