@@ -9,12 +9,11 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth.models import Group
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import router, transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
 from alarms import journal, storm
-from alarms.conf import get_config
 from alarms.models import Alarm, AlarmReceipt, AlarmTranslation, Audience, Level
 from alarms.validators import is_safe_link, validate_storable_text
 
@@ -71,10 +70,12 @@ def send_alarm(
     if expires_at is not None and expires_at <= publish_at:
         raise ValueError("expires_at must be after publish_at.")
 
-    alias = get_config()["DATABASE"]
+    # Where the alarm is written, so where its journal row takes the journal's lock
+    # (ALARMS["DATABASE"] is only where the brokers read and listen).
+    alias = router.db_for_write(Alarm)
     # The storm check and the insert in one transaction: check() takes a lock that
     # keeps a concurrent sender from counting before this alarm is committed.
-    with transaction.atomic(using=alias), transaction.atomic(savepoint=False):
+    with transaction.atomic(using=alias):
         storm.check(
             audience,
             publish_at=publish_at,
@@ -175,7 +176,8 @@ def _receipts(user: Any, alarm_ids: Iterable[int], field: str) -> int:
         return 0
     now = timezone.now()
     wanted = {int(i) for i in alarm_ids}
-    with transaction.atomic():
+    alias = router.db_for_write(AlarmReceipt)
+    with transaction.atomic(using=alias):
         # Only alarms this user may see: ids of other users' alarms are ignored.
         ids = set(Alarm.objects.visible_to(user).filter(pk__in=wanted).values_list("pk", flat=True))
         existing = {
@@ -194,5 +196,5 @@ def _receipts(user: Any, alarm_ids: Iterable[int], field: str) -> int:
             AlarmReceipt.objects.filter(
                 user=user, alarm_id__in=changed, seen_at__isnull=True
             ).update(seen_at=now)
-            journal.record(changed, kind="dismiss", user_id=user.pk, using="default")
+            journal.record(changed, kind="dismiss", user_id=user.pk, using=alias)
     return len(changed)

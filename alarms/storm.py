@@ -35,7 +35,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 
-from django.db import connections
+from django.db import connections, router
 from django.db.models.functions import Greatest
 from django.utils import timezone
 from django.utils.translation import gettext, ngettext
@@ -114,7 +114,7 @@ def sent_in_window(
         after=at - window,
         before=at + window,
         exclude=exclude,
-        using=using or get_config()["DATABASE"],
+        using=using or router.db_for_write(Alarm),
     )
     return _busiest(times, at, window)
 
@@ -141,7 +141,9 @@ def check(
     now = timezone.now()
     if expires_at is not None and expires_at <= now:
         return
-    using = using or config["DATABASE"]
+    # The lock must be the one the alarm's journal row takes: on the database
+    # (and connection) the alarm is written to.
+    using = using or router.db_for_write(Alarm)
     users, groups = frozenset(user_ids), frozenset(group_ids)
     at = max(publish_at, now)
     _serialise(using)

@@ -351,3 +351,16 @@ def test_two_simultaneous_sends_cannot_both_slip_under_the_limit() -> None:
     assert results["A"] == "sent"
     assert isinstance(results["B"], StormLimitExceeded), results["B"]
     assert list(Alarm.objects.values_list("translations__title", flat=True)) == ["A"]
+
+
+@pytest.mark.django_db
+def test_the_check_locks_where_the_alarm_is_written_not_where_brokers_read() -> None:
+    # ALARMS["DATABASE"] names the brokers' connection. The check's lock must be
+    # the one the journal write takes, on the alarm's own database: on another
+    # connection to the same server the two would wait on each other for good.
+    settings = {"STORM_LIMIT": 1, "STORM_WINDOW": 60, "DATABASE": "brokers-only"}
+    with override_settings(ALARMS=settings):
+        api.send_alarm(en("First"))
+        with pytest.raises(StormLimitExceeded):
+            api.send_alarm(en("Second"))
+    assert Alarm.objects.count() == 1
