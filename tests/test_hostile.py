@@ -17,14 +17,14 @@ from django.test import Client
 from django.urls import reverse
 
 from alarms import api, events
-from alarms.models import Alarm, AlarmChange, AlarmReceipt, AlarmTranslation, Audience, Level
+from alarms.models import Alarm, AlarmChange, AlarmReceipt, AlarmTranslation, Audience
 from alarms.translation import supported_language
 from alarms.validators import is_safe_link, validate_link
 from tests.factories import ago, make_alarm, make_user
+from tests.test_admin import ADD_URL, form_data
 
 pytestmark = pytest.mark.django_db
 
-ADD_URL = reverse("admin:alarms_alarm_add")
 CENTRE_URL = reverse("alarms:centre")
 UNSAFE_LINK = "Enter an http:// or https:// address"
 NUL_REFUSED = "Null characters are not allowed."
@@ -110,35 +110,9 @@ def test_api_refuses_a_link_longer_than_the_column() -> None:
     assert not Alarm.objects.exists()
 
 
-def admin_data(
-    translations: list[tuple[str, str, str]] | None = None, **fields: Any
-) -> dict[str, Any]:
-    """The add form's POST: alarm fields plus the translations inline."""
-    rows = translations if translations is not None else [("en", "Title", "Message")]
-    data: dict[str, Any] = {
-        "level": Level.WARNING,
-        "audience": Audience.AUTHENTICATED,
-        "url": "",
-        "publish_at_0": "2030-01-01",
-        "publish_at_1": "09:00:00",
-        "expires_at_0": "",
-        "expires_at_1": "",
-        "translations-TOTAL_FORMS": str(len(rows)),
-        "translations-INITIAL_FORMS": "0",
-        "translations-MIN_NUM_FORMS": "0",
-        "translations-MAX_NUM_FORMS": "4",
-        **fields,
-    }
-    for i, (code, title, message) in enumerate(rows):
-        data[f"translations-{i}-language_code"] = code
-        data[f"translations-{i}-title"] = title
-        data[f"translations-{i}-message"] = message
-    return data
-
-
 @pytest.mark.parametrize("url", [u for u in HOSTILE_LINKS if u != " /evil.example"])
 def test_admin_refuses_hostile_links(admin_client: Client, url: str) -> None:
-    response = admin_client.post(ADD_URL, admin_data(url=url))
+    response = admin_client.post(ADD_URL, form_data(url=url))
 
     assert response.status_code == 200
     errors = response.context["adminform"].form.errors
@@ -147,7 +121,7 @@ def test_admin_refuses_hostile_links(admin_client: Client, url: str) -> None:
 
 
 def test_admin_refuses_a_link_longer_than_the_column(admin_client: Client) -> None:
-    response = admin_client.post(ADD_URL, admin_data(url=LONG_LINK))
+    response = admin_client.post(ADD_URL, form_data(url=LONG_LINK))
 
     assert response.status_code == 200
     assert "url" in response.context["adminform"].form.errors
@@ -266,7 +240,7 @@ def test_model_validation_refuses_lone_surrogates(text: str) -> None:
 def test_admin_stores_hostile_text_exactly(admin_client: Client) -> None:
     message = hostile_message()
 
-    response = admin_client.post(ADD_URL, admin_data([("en", SCRIPT_TITLE, message)]))
+    response = admin_client.post(ADD_URL, form_data([("en", SCRIPT_TITLE, message)]))
 
     assert response.status_code == 302
     stored = AlarmTranslation.objects.get()
@@ -278,7 +252,7 @@ def test_admin_refuses_nul_with_a_validation_error(admin_client: Client, field: 
     row = {"title": "Title", "message": "Message"}
     row[field] = "before\0after"
 
-    response = admin_client.post(ADD_URL, admin_data([("en", row["title"], row["message"])]))
+    response = admin_client.post(ADD_URL, form_data([("en", row["title"], row["message"])]))
 
     assert response.status_code == 200
     formset = response.context["inline_admin_formsets"][0].formset
@@ -287,7 +261,7 @@ def test_admin_refuses_nul_with_a_validation_error(admin_client: Client, field: 
 
 
 def test_admin_refuses_nul_in_the_link(admin_client: Client) -> None:
-    response = admin_client.post(ADD_URL, admin_data(url="/a\0b"))
+    response = admin_client.post(ADD_URL, form_data(url="/a\0b"))
 
     assert response.status_code == 200
     assert "url" in response.context["adminform"].form.errors
@@ -301,7 +275,7 @@ def test_admin_refuses_nul_in_the_link(admin_client: Client) -> None:
 def test_admin_refuses_text_over_the_limits(
     admin_client: Client, title: str, message: str, field: str
 ) -> None:
-    response = admin_client.post(ADD_URL, admin_data([("en", title, message)]))
+    response = admin_client.post(ADD_URL, form_data([("en", title, message)]))
 
     assert response.status_code == 200
     assert field in response.context["inline_admin_formsets"][0].formset.errors[0]
@@ -311,7 +285,7 @@ def test_admin_refuses_text_over_the_limits(
 @pytest.mark.parametrize("code", ["xx", "en\0", "EN", "en-evil", "x" * 5000])
 def test_admin_refuses_unknown_language_codes(admin_client: Client, code: str) -> None:
     response = admin_client.post(
-        ADD_URL, admin_data([("en", "Title", "Message"), (code, "Title", "Message")])
+        ADD_URL, form_data([("en", "Title", "Message"), (code, "Title", "Message")])
     )
 
     assert response.status_code == 200

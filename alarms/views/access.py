@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hmac
 
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
 
 from alarms.conf import get_config
 
@@ -22,3 +22,11 @@ def allowed(request: HttpRequest, user_is_staff: bool) -> bool:
     ):
         return True
     return user_is_staff
+
+
+async def refusal(request: HttpRequest) -> HttpResponse | None:
+    """A 403 for anyone but staff and the token's bearer; None for them."""
+    user = await request.auser()
+    if allowed(request, bool(getattr(user, "is_staff", False))):
+        return None
+    return HttpResponse("Staff or the metrics token only.\n", status=403, content_type="text/plain")

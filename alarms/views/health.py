@@ -24,7 +24,7 @@ from django.views.decorators.http import require_GET
 from alarms.broker import get_broker
 from alarms.broker.base import BaseBroker
 from alarms.broker.postgres import PostgresBroker
-from alarms.views.access import allowed
+from alarms.views.access import refusal
 
 # Seconds a check may take before it counts as failed: a health check must answer
 # even when the database hangs.
@@ -41,11 +41,8 @@ ESSENTIAL = ("database", "broker")
 @never_cache
 @require_GET
 async def health(request: HttpRequest) -> HttpResponse:
-    user = await request.auser()
-    if not allowed(request, bool(getattr(user, "is_staff", False))):
-        return HttpResponse(
-            "Staff or the metrics token only.\n", status=403, content_type="text/plain"
-        )
+    if refused := await refusal(request):
+        return refused
     broker = get_broker()
     checks: dict[str, dict[str, Any]] = {"broker": await _broker(broker)}
     checks["database"], checks["journal"] = await _database(broker)

@@ -7,17 +7,14 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
 from alarms.broker import get_broker
-from alarms.views.access import allowed as _allowed
+from alarms.views.access import refusal
 
 
 @never_cache
 @require_GET
 async def metrics(request: HttpRequest) -> HttpResponse:
-    user = await request.auser()
-    if not _allowed(request, bool(getattr(user, "is_staff", False))):
-        return HttpResponse(
-            "Staff or the metrics token only.\n", status=403, content_type="text/plain"
-        )
+    if refused := await refusal(request):
+        return refused
     broker = get_broker()
     stats = broker.stats
     lines = [
