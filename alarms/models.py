@@ -83,6 +83,9 @@ class Alarm(models.Model):
                 name="alarms_alarm_live_idx",
             ),
             models.Index(fields=("audience",), name="alarms_alarm_audience_idx"),
+            # A resuming stream asks what expired while it was away: without this,
+            # a scan of every alarm kept (RETENTION_DAYS) per reconnect.
+            models.Index(fields=("expires_at",), name="alarms_alarm_expires_idx"),
         )
         constraints = (
             models.CheckConstraint(

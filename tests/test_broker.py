@@ -13,6 +13,7 @@ from asgiref.sync import sync_to_async
 from django.contrib.auth import get_user_model
 from django.db import OperationalError, connection, connections
 from django.test import override_settings
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 import alarms.broker as broker_module
@@ -261,6 +262,33 @@ class TestPostgresBroker(BrokerContract):
             assert broker.stats["notifications"] >= 1
 
         run(test)
+
+
+@pytest.mark.postgres
+def test_a_resume_finds_what_expired_by_index_not_by_scanning_every_alarm(db):
+    """Every resuming stream asks which alarms expired while it was away; with
+    RETENTION_DAYS of alarms kept, a scan per reconnect would grow with them."""
+    now = timezone.now()
+    Alarm.objects.bulk_create(
+        Alarm(
+            level="info",
+            audience="everyone",
+            publish_at=now - timedelta(days=30, minutes=i),
+            expires_at=now - timedelta(days=20, minutes=i),
+        )
+        for i in range(20_000)
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(f"ANALYZE {Alarm._meta.db_table}")
+    broker = PostgresBroker()
+    since = (0, int((time.time() - 60) * 1000))  # away for a minute
+    with CaptureQueriesContext(connections[broker.alias]) as queries:
+        assert broker.read_missed(Viewer(), since, 0) is not None
+    (expired,) = [q["sql"] for q in queries if '"expires_at" <=' in q["sql"]]
+    with connection.cursor() as cursor:
+        cursor.execute("EXPLAIN " + expired)
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+    assert "alarms_alarm_expires_idx" in plan, plan
 
 
 @pytest.mark.postgres
