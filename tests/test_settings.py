@@ -175,8 +175,21 @@ def test_metrics_answer_over_plain_http_on_loopback_with_the_token() -> None:
     assert result.stdout.split() == ["200", "403", "301"]
 
 
-def test_no_metrics_token_unless_set() -> None:
-    result = run(["-c", PROBE], DJANGO_DEBUG="1")
+TOKEN_SETTING = """
+import django
+django.setup()
+from django.conf import settings
+print(repr(settings.ALARMS["METRICS_TOKEN"]))
+"""
 
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.split()[:2] == ["403", "403"]
+
+def test_no_metrics_token_unless_set() -> None:
+    # Unset or empty, the variable gives no token at all (None), not an empty one.
+    for env in ({"DJANGO_DEBUG": "1"}, {"DJANGO_DEBUG": "1", "ALARMS_METRICS_TOKEN": ""}):
+        setting = run(["-c", TOKEN_SETTING], **env)
+        assert setting.returncode == 0, setting.stderr
+        assert setting.stdout.strip() == "None"
+
+        result = run(["-c", PROBE], **env)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.split()[:2] == ["403", "403"]

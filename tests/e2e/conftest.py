@@ -113,20 +113,23 @@ class Server:
             "PYTHONUNBUFFERED": "1",
         }
 
+    def command(self) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "daphne",
+            "-b",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            *self.extra_args,
+            "config.asgi:application",
+        ]
+
     def start(self) -> Server:
         log = self.log.open("ab")
         self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "daphne",
-                "-b",
-                "127.0.0.1",
-                "-p",
-                str(self.port),
-                *self.extra_args,
-                "config.asgi:application",
-            ],
+            self.command(),
             cwd=ROOT,
             env=self.env(),
             stdout=log,

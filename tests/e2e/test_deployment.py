@@ -11,7 +11,6 @@ import configparser
 import shlex
 import signal
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -21,7 +20,7 @@ import pytest
 
 from alarms import api
 from alarms.conf import DEFAULTS
-from tests.e2e.conftest import ROOT, Server, free_port, wait_listening
+from tests.e2e.conftest import ROOT, Server
 from tests.e2e.test_stream import en
 from tests.sse import Stream
 
@@ -43,35 +42,32 @@ def exec_start(port: int) -> list[str]:
     return [sys.executable, "-m", "daphne", *(a.replace("%i", str(port)) for a in argv[1:])]
 
 
+class Unit(Server):
+    """A server started by the unit's ExecStart line instead of the harness's own."""
+
+    def command(self) -> list[str]:
+        return exec_start(self.port)
+
+
 @pytest.fixture
-def unit_process(transactional_db: None) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
-    port = free_port()
+def unit(transactional_db: None) -> Iterator[Unit]:
     # The test database and settings, as every e2e server; a grace long enough
     # to see what a stream asked for in it gets.
-    env = Server({"SHUTDOWN_GRACE": 3}).env()
-    log = (ROOT / "test-artifacts" / f"unit-{port}.log").open("ab")
-    process = subprocess.Popen(
-        exec_start(port), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
-    )
-    try:
-        wait_listening(process, port, 20, "daphne", lambda: Path(log.name).read_text()[-2000:])
-        yield process, port
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait()
-        log.close()
+    server = Unit({"SHUTDOWN_GRACE": 3}).start()
+    yield server
+    server.stop(signal.SIGKILL)
 
 
-def test_the_unit_serves_streams_and_stops_within_its_timeout(unit_process) -> None:
-    process, port = unit_process
-    unit = service()
+def test_the_unit_serves_streams_and_stops_within_its_timeout(unit: Unit) -> None:
+    process, port = unit.process, unit.port
+    assert process is not None
+    settings = service()
     with Stream(f"http://127.0.0.1:{port}/alarms/stream/") as stream:
         assert stream.status == 200
         alarm = api.send_alarm(en("Served by the unit"), audience="everyone")
         assert stream.next_event(5).json()["id"] == alarm.pk
         stopped = time.monotonic()
-        process.send_signal(signal.Signals[unit["KillSignal"]])
+        process.send_signal(signal.Signals[settings["KillSignal"]])
         with pytest.raises(EOFError):
             stream.drain(5)  # the stream ends cleanly, with a hint to come back soon
     assert "closed: shutdown" in stream.parser.comments
@@ -80,13 +76,13 @@ def test_the_unit_serves_streams_and_stops_within_its_timeout(unit_process) -> N
     # another process (docs/nginx-alarms-locations.conf: proxy_next_upstream).
     with Stream(f"http://127.0.0.1:{port}/alarms/stream/") as late:
         assert late.status == 503
-    process.wait(int(unit["TimeoutStopSec"]))  # else systemd would SIGKILL it
+    process.wait(int(settings["TimeoutStopSec"]))  # else systemd would SIGKILL it
     took = time.monotonic() - stopped
-    assert took < int(unit["TimeoutStopSec"]), took
+    assert took < int(settings["TimeoutStopSec"]), took
 
 
-def test_the_unit_listens_on_loopback_only_and_behind_a_proxy(unit_process) -> None:
-    _, port = unit_process
+def test_the_unit_listens_on_loopback_only_and_behind_a_proxy(unit: Unit) -> None:
+    port = unit.port
     # --proxy-headers trusts X-Forwarded-For from whoever connects: only the
     # local nginx may. Linux routes all of 127/8 to loopback, so another local
     # address shows whether daphne listens beyond 127.0.0.1.
@@ -102,8 +98,8 @@ def test_the_unit_listens_on_loopback_only_and_behind_a_proxy(unit_process) -> N
 
 
 def test_the_units_limits_fit_the_apps_defaults() -> None:
-    unit = service()
+    settings = service()
     # A socket per stream, beyond the process cap's worth, with room for the rest.
-    assert int(unit["LimitNOFILE"]) >= DEFAULTS["MAX_STREAMS"] + 1000
+    assert int(settings["LimitNOFILE"]) >= DEFAULTS["MAX_STREAMS"] + 1000
     # systemd waits this long after KillSignal: the grace and daphne's shutdown.
-    assert int(unit["TimeoutStopSec"]) >= DEFAULTS["SHUTDOWN_GRACE"] + 10
+    assert int(settings["TimeoutStopSec"]) >= DEFAULTS["SHUTDOWN_GRACE"] + 10

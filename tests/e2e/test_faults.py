@@ -40,10 +40,6 @@ def en(title: str) -> dict[str, dict[str, str]]:
     return {"en": {"title": title, "message": "Body"}}
 
 
-def metrics(server: Server) -> dict[str, float]:
-    return server.metrics(TOKEN)
-
-
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -445,7 +441,7 @@ def test_connect_disconnect_cycles_leave_nothing_behind(
         visits.append(visit(port, 0, Cookie=cookie, Last_Event_ID=resume_from))
 
     def settled() -> dict[str, int]:
-        wait_until(lambda: metrics(server)["alarms_streams_open"] == 0, 30, "streams closed")
+        wait_until(lambda: server.metrics(TOKEN)["alarms_streams_open"] == 0, 30, "streams closed")
         time.sleep(1)  # the last closes' cleanup, off the loop too
         return {
             "rss_kib": rss_kib(pid),
@@ -468,7 +464,7 @@ def test_connect_disconnect_cycles_leave_nothing_behind(
         f"client {client_cpu / CYCLES * 1000:.2f} ms; "
         f"after {WARM_UP} to warm up: {before}; after: {after}"
     )
-    assert metrics(server)["alarms_connects_total"] >= WARM_UP + CYCLES
+    assert server.metrics(TOKEN)["alarms_connects_total"] >= WARM_UP + CYCLES
     assert after["rss_kib"] <= before["rss_kib"] * 1.05, f"RSS grew: {before} -> {after}"
     assert after["threads"] <= before["threads"], f"threads left behind: {before} -> {after}"
     assert after["connections"] <= before["connections"], (

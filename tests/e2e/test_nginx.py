@@ -339,9 +339,14 @@ def streams_through(nginx: Nginx, count: int) -> list[int]:
     return statuses
 
 
-def test_a_process_that_answers_503_is_passed_over(server_factory, nginx_factory):
+def full_and_taking(server_factory: Callable[..., Server]) -> tuple[Server, Server]:
+    """Two processes: the first answers every stream 503, as a full or draining one does."""
     full = server_factory(extra_args=PROXY_HEADERS, METRICS_TOKEN="t0ken", MAX_STREAMS=0)
-    taking = server_factory(extra_args=PROXY_HEADERS, METRICS_TOKEN="t0ken")
+    return full, server_factory(extra_args=PROXY_HEADERS, METRICS_TOKEN="t0ken")
+
+
+def test_a_process_that_answers_503_is_passed_over(server_factory, nginx_factory):
+    full, taking = full_and_taking(server_factory)
     nginx = nginx_factory([full, taking])
     assert streams_through(nginx, 4) == [200] * 4
     # nginx did ask the full process first, for some of them.
@@ -350,9 +355,7 @@ def test_a_process_that_answers_503_is_passed_over(server_factory, nginx_factory
 
 
 def test_control_without_next_upstream_the_503_reaches_the_browser(server_factory, nginx_factory):
-    full = server_factory(extra_args=PROXY_HEADERS, MAX_STREAMS=0)
-    taking = server_factory(extra_args=PROXY_HEADERS)
-    nginx = nginx_factory([full, taking], edits=[NO_NEXT_UPSTREAM])
+    nginx = nginx_factory(list(full_and_taking(server_factory)), edits=[NO_NEXT_UPSTREAM])
     assert 503 in streams_through(nginx, 4)
 
 
