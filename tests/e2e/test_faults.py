@@ -4,8 +4,9 @@
   every committed alarm reaches every client exactly once.
 * A journal read the broker was woken for fails: it is made again, not left
   for the next write to trigger.
-* 100,000 connect/disconnect cycles: the server's memory, threads, streams and
-  database connections come back to where they were.
+* Thousands of connect/disconnect cycles: the server's memory shows no upward
+  trend, and its threads, streams and database connections come back to where
+  they were (bench/cycles.py runs 100,000).
 """
 
 from __future__ import annotations
@@ -288,14 +289,20 @@ def test_a_failed_journal_read_is_retried_without_another_wake_up(server: Server
 
 
 # ---------------------------------------------------------------------------
-# 100,000 connect/disconnect cycles
+# Connect/disconnect cycles: a leak shows as a trend
 # ---------------------------------------------------------------------------
 
-# Shorter runs for a developer, and for the second PostgreSQL leg of scripts/test;
-# its first runs the full count.
-CYCLES = int(os.environ.get("ALARMS_CYCLES", "100000"))
-WARM_UP = min(5000, CYCLES)
+# Sized for CI: a few thousand cycles in BATCHES, the server's RSS read after
+# each, and the least-squares slope over them bounded. bench/cycles.py runs the
+# same test with ALARMS_CYCLES=100000 (its figures are in docs/performance.md).
+CYCLES = int(os.environ.get("ALARMS_CYCLES", "3000"))
+WARM_UP = 3000  # RSS rises for about that long (caches, allocator), then stays flat
+BATCHES = 6
 CONCURRENCY = 32
+# A stream costs the server about 30 KiB while open: one that leaked whole
+# would grow RSS by 30,000 KiB per 1,000 cycles. What is allowed is allocator
+# noise after warm-up (measured in docs/performance.md: tens of KiB at most).
+SLOPE_LIMIT_KIB = 256  # per 1,000 cycles
 
 
 def client_addresses() -> list[str]:
@@ -411,18 +418,21 @@ def database_connections(pid: int) -> int:
     return count
 
 
+def slope(points: list[tuple[int, int]]) -> float:
+    """Least-squares slope of y over x."""
+    n = len(points)
+    mean_x = sum(x for x, _ in points) / n
+    mean_y = sum(y for _, y in points) / n
+    var = sum((x - mean_x) ** 2 for x, _ in points)
+    return sum((x - mean_x) * (y - mean_y) for x, y in points) / var
+
+
 @pytest.mark.e2e
 def test_connect_disconnect_cycles_leave_nothing_behind(
     server_factory: Callable[..., Server],
     make_user: Callable[..., Any],
     session_cookie: Callable[[Any], tuple[str, str]],
 ) -> None:
-    if connection.vendor != "postgresql" and "ALARMS_CYCLES" not in os.environ:
-        pytest.skip(
-            "each connect costs the server milliseconds of CPU, so the full count runs on "
-            "PostgreSQL only (the production database, with exact connection counts); set "
-            "ALARMS_CYCLES to run a shorter soak here"
-        )
     server = server_factory(METRICS_TOKEN=TOKEN)
     assert server.process is not None
     pid = server.process.pid
@@ -442,7 +452,7 @@ def test_connect_disconnect_cycles_leave_nothing_behind(
 
     def settled() -> dict[str, int]:
         wait_until(lambda: server.metrics(TOKEN)["alarms_streams_open"] == 0, 30, "streams closed")
-        time.sleep(1)  # the last closes' cleanup, off the loop too
+        time.sleep(0.5)  # the last closes' cleanup, off the loop too
         return {
             "rss_kib": rss_kib(pid),
             "threads": thread_count(pid),
@@ -452,20 +462,29 @@ def test_connect_disconnect_cycles_leave_nothing_behind(
     outcomes = asyncio.run(cycle(port, visits, WARM_UP))
     assert outcomes == {"ok": WARM_UP}, outcomes
     before = settled()
-    started, server_cpu, client_cpu = time.monotonic(), cpu_seconds(pid), time.process_time()
-    outcomes = asyncio.run(cycle(port, visits, CYCLES))
-    took = time.monotonic() - started
+    samples = [(0, before["rss_kib"])]
+    done, took = 0, 0.0
+    server_cpu, client_cpu = cpu_seconds(pid), time.process_time()
+    for batch in range(BATCHES):
+        count = CYCLES * (batch + 1) // BATCHES - done
+        started = time.monotonic()
+        outcomes = asyncio.run(cycle(port, visits, count))
+        took += time.monotonic() - started
+        assert outcomes == {"ok": count}, outcomes
+        done += count
+        after = settled()
+        samples.append((done, after["rss_kib"]))
     server_cpu, client_cpu = cpu_seconds(pid) - server_cpu, time.process_time() - client_cpu
-    assert outcomes == {"ok": CYCLES}, outcomes
-    after = settled()
+    growth = slope(samples) * 1000
     print(
         f"\n{CYCLES} cycles in {took:.0f} s ({CYCLES / took:.0f}/s) on {connection.vendor}, "
         f"CPU per cycle: server {server_cpu / CYCLES * 1000:.2f} ms, "
-        f"client {client_cpu / CYCLES * 1000:.2f} ms; "
-        f"after {WARM_UP} to warm up: {before}; after: {after}"
+        f"client {client_cpu / CYCLES * 1000:.2f} ms; RSS slope {growth:+.1f} KiB per "
+        f"1,000 cycles; RSS (cycles, KiB) after {WARM_UP} to warm up: {samples}; "
+        f"before: {before}; after: {after}"
     )
     assert server.metrics(TOKEN)["alarms_connects_total"] >= WARM_UP + CYCLES
-    assert after["rss_kib"] <= before["rss_kib"] * 1.05, f"RSS grew: {before} -> {after}"
+    assert growth <= SLOPE_LIMIT_KIB, f"RSS grows {growth:.0f} KiB per 1,000 cycles: {samples}"
     assert after["threads"] <= before["threads"], f"threads left behind: {before} -> {after}"
     assert after["connections"] <= before["connections"], (
         f"database connections left behind: {before} -> {after}"
