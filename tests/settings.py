@@ -19,6 +19,10 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["TEST"] = {
         "NAME": str(BASE_DIR / "test-artifacts" / f"test-{os.getpid()}.sqlite3")
     }
+elif os.environ.get("ALARMS_TEST_LEG"):
+    # Legs of scripts/test that share one PostgreSQL server each get a test database.
+    name = DATABASES["default"]["NAME"]
+    DATABASES["default"]["TEST"] = {"NAME": f"test_{name}_{os.environ['ALARMS_TEST_LEG']}"}
 
 # No SIGTERM handler in the test process itself.
 ALARMS = {"POLL_INTERVAL": 0.2, "SHUTDOWN_GRACE": 0}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -25,9 +26,27 @@ ARTIFACTS = ROOT / "test-artifacts"
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port of 127.0.0.1 that nothing holds now.
+
+    scripts/test runs its legs side by side and gives each a range of its own
+    in ALARMS_TEST_PORTS ("LOW-HIGH", below the ephemeral ports), so a port one
+    leg picked cannot be taken by another's server before it binds. Without it,
+    any port the system offers.
+    """
+    span = os.environ.get("ALARMS_TEST_PORTS")
+    if not span:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+    low, _, high = span.partition("-")
+    for port in random.sample(range(int(low), int(high) + 1), 200):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))  # no SO_REUSEADDR: TIME_WAIT counts as taken
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in ALARMS_TEST_PORTS={span}")
 
 
 def wait_listening(
