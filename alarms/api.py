@@ -162,12 +162,21 @@ def withdraw(alarms: QuerySet[Alarm] | Iterable[Alarm]) -> int:
 
 
 def mark_seen(user: Any, alarm_ids: Iterable[int]) -> int:
-    """Record that ``user`` was shown these alarms (the first time only)."""
+    """Record that ``user`` was shown these alarms (the first time only).
+
+    Only alarms live now and visible to ``user`` are recorded; other ids (scheduled,
+    expired, withdrawn, deleted, someone else's) are ignored, not an error. Returns
+    how many receipts changed.
+    """
     return _receipts(user, alarm_ids, "seen_at")
 
 
 def dismiss(user: Any, alarm_ids: Iterable[int]) -> int:
-    """Record that ``user`` dismissed these alarms; their other streams close the toasts."""
+    """Record that ``user`` dismissed these alarms; their other streams close the toasts.
+
+    As ``mark_seen``: only alarms live now and visible to ``user`` are dismissed, so a
+    scheduled alarm still shows when it goes live. Returns how many were dismissed.
+    """
     return _receipts(user, alarm_ids, "dismissed_at")
 
 
@@ -178,8 +187,12 @@ def _receipts(user: Any, alarm_ids: Iterable[int], field: str) -> int:
     wanted = {int(i) for i in alarm_ids}
     alias = router.db_for_write(AlarmReceipt)
     with transaction.atomic(using=alias):
-        # Only alarms this user may see: ids of other users' alarms are ignored.
-        ids = set(Alarm.objects.visible_to(user).filter(pk__in=wanted).values_list("pk", flat=True))
+        # Only what this user's toasts can show: live now and theirs. A receipt for a
+        # scheduled alarm would hide it before it is ever shown; a late one (a toast
+        # racing its withdrawal or expiry) has nothing left to record.
+        ids = set(
+            Alarm.objects.live().visible_to(user).filter(pk__in=wanted).values_list("pk", flat=True)
+        )
         existing = {
             r.alarm_id: r
             for r in AlarmReceipt.objects.select_for_update().filter(user=user, alarm_id__in=ids)

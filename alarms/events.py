@@ -60,9 +60,38 @@ def format_event_id(seq: int, millis: int) -> str:
     return f"{seq}-{millis}"
 
 
+# A database id (an alarm's, a journal row's) is a signed 64-bit integer.
+MAX_ID = 2**63 - 1
+
+
+class InvalidId(ValueError):
+    """Client input that is not an id. The message is ours, safe to show the client."""
+
+
+def parse_id(raw: object, *, minimum: int = 1, maximum: int = MAX_ID) -> int:
+    """The id a client sent: text of ASCII digits, or a JSON integer; else ``InvalidId``.
+
+    Every id read from a request goes through here. ``str.isdigit()`` also takes
+    "٣" (which ``int()`` reads as 3) and "²" (which ``int()`` refuses with its own
+    message), and ``int()`` takes signs, spaces and underscores: none is an id.
+    """
+    value: int | None = None
+    if isinstance(raw, str):
+        # Length first: a megabyte of digits never reaches int().
+        if 0 < len(raw) <= len(str(maximum)) and raw.isascii() and raw.isdigit():
+            value = int(raw)
+    elif isinstance(raw, int) and not isinstance(raw, bool):
+        value = raw
+    if value is not None and minimum <= value <= maximum:
+        return value
+    raise InvalidId(
+        f"An id is a whole number from {minimum} to {maximum}, written in the digits 0-9."
+    )
+
+
 # Beyond these a client's id cannot be ours: a journal id is a signed 64-bit
 # integer, and a time past 9999-12-31 is no datetime (a resume would fail).
-MAX_SEQUENCE = 2**63 - 1
+MAX_SEQUENCE = MAX_ID
 MAX_MILLIS = 253_402_300_799_999
 
 
@@ -71,10 +100,13 @@ def parse_event_id(raw: str | None) -> tuple[int, int] | None:
     if not raw or len(raw) > 64:
         return None
     seq, sep, millis = raw.strip().partition("-")
-    if not sep or not seq.isdigit() or not millis.isdigit() or not seq.isascii():
+    if not sep:
         return None
-    if not millis.isascii():
+    try:
+        # Sequence 0 is a broker's head before any journal row.
+        return (
+            parse_id(seq, minimum=0, maximum=MAX_SEQUENCE),
+            parse_id(millis, minimum=0, maximum=MAX_MILLIS),
+        )
+    except InvalidId:
         return None
-    if int(seq) > MAX_SEQUENCE or int(millis) > MAX_MILLIS:
-        return None
-    return int(seq), int(millis)

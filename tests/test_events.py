@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import json
+import re
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -53,3 +55,37 @@ def test_event_ids_parse_or_are_refused():
     assert events.parse_event_id(events.format_event_id(12, 345)) == (12, 345)
     for bad in (None, "", "12", "a-1", "1-b", "-1", "1-2-3", "²-3", "1" * 80 + "-1", " - "):
         assert events.parse_event_id(bad) is None
+
+
+def test_ids_are_ascii_digits_or_json_integers_within_a_signed_64_bit_integer():
+    assert events.parse_id("42") == events.parse_id(42) == 42
+    assert events.parse_id(str(2**63 - 1)) == events.parse_id(2**63 - 1) == 2**63 - 1
+    assert events.parse_id("0", minimum=0) == 0
+    assert events.parse_id("999", maximum=999) == 999
+    for bad in ("\u0663", "\u00b2", "\u2460", "+1", " 1", "1_0", "1.0", "-1", "0", "", "1000"):
+        with pytest.raises(events.InvalidId):
+            events.parse_id(bad, maximum=999)
+    for bad in (0, -1, 2**63, 1.0, True, None, [1]):
+        with pytest.raises(events.InvalidId):
+            events.parse_id(bad)
+
+
+DIGITISH = st.text(alphabet="0123456789\u0663\u00b2\u2460+- _.", max_size=21)
+
+
+@given(st.one_of(DIGITISH, st.text(), st.integers(), st.floats(), st.booleans(), st.none()))
+def test_parse_id_returns_the_number_or_refuses_in_our_words(raw):
+    # At most 19 digits (2**63 - 1 has 19), so a long run of zeros is no id either.
+    if type(raw) is str and re.fullmatch("[0-9]{1,19}", raw):
+        expected = int(raw)
+    else:
+        expected = raw if type(raw) is int else None
+    if expected is not None and 1 <= expected <= 2**63 - 1:
+        assert events.parse_id(raw) == expected
+    else:
+        with pytest.raises(events.InvalidId) as refused:
+            events.parse_id(raw)
+        # Never Python's own text ("invalid literal ...") nor the input itself.
+        assert str(refused.value) == (
+            f"An id is a whole number from 1 to {2**63 - 1}, written in the digits 0-9."
+        )

@@ -15,7 +15,7 @@ from django.utils import translation
 from django.utils.translation import ngettext
 from django.views.decorators.http import require_http_methods
 
-from alarms import api
+from alarms import api, events
 from alarms.models import Alarm, AlarmReceipt, Level
 from alarms.translation import choose_language, direction
 from alarms.validators import is_safe_link
@@ -106,11 +106,10 @@ def _dismiss(request: HttpRequest) -> HttpResponse:
     if "dismiss_all" in request.POST:
         ids = list(Alarm.objects.for_user(request.user).values_list("pk", flat=True))
     else:
-        raw = request.POST.get("dismiss", "")
-        # isdigit() alone takes "²", which int() refuses.
-        if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
-            return HttpResponseBadRequest("Not an alarm id.")
-        ids = [int(raw)]
+        try:
+            ids = [events.parse_id(request.POST.get("dismiss", ""))]
+        except events.InvalidId as exc:
+            return HttpResponseBadRequest(f"Not an alarm id. {exc}")
     count = api.dismiss(request.user, ids) if ids else 0
     if count:
         messages.success(

@@ -9,7 +9,7 @@ from typing import Any
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.http import require_POST
 
-from alarms import api
+from alarms import api, events
 
 MAX_BATCH = 200
 
@@ -28,11 +28,12 @@ def _ids(request: HttpRequest) -> list[int]:
     if len(raw) > MAX_BATCH:
         raise ValueError(f"At most {MAX_BATCH} ids per request.")
     ids = []
-    for value in raw:
-        text = str(value)
-        if not text.isdigit() or len(text) > 18:
-            raise ValueError(f"Not an alarm id: {text[:40]!r}.")
-        ids.append(int(text))
+    for index, value in enumerate(raw):
+        try:
+            ids.append(events.parse_id(value))
+        except events.InvalidId as exc:
+            # The position, not the value: nothing the client sent is echoed back.
+            raise ValueError(f"ids[{index}] is not an alarm id. {exc}") from None
     return ids
 
 
