@@ -6,6 +6,8 @@ from typing import Any
 
 from django.conf import settings
 from django.core.checks import Error, Tags, Warning, register
+from django.template import TemplateDoesNotExist, TemplateSyntaxError, engines
+from django.template.backends.django import DjangoTemplates
 from django.utils.module_loading import import_string
 
 from alarms.conf import get_config
@@ -78,7 +80,40 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
                 )
             )
     messages.extend(cors_origin_errors(config["CORS_ALLOWED_ORIGINS"]))
+    messages.extend(base_template_errors(config["BASE_TEMPLATE"]))
     return messages
+
+
+def base_template_errors(name: Any) -> list[Error]:
+    """``BASE_TEMPLATE`` must name a template the alarm pages can extend (None: their own)."""
+    if name is None or name == "":
+        return []
+    if not isinstance(name, str):
+        return [
+            Error(
+                f"ALARMS['BASE_TEMPLATE'] must be a template name or None, not {name!r}.",
+                id="alarms.E007",
+            )
+        ]
+    # {% extends %} looks in the Django engine that renders the app's own templates.
+    for engine in engines.all():
+        if not isinstance(engine, DjangoTemplates):
+            continue
+        try:
+            engine.get_template(name)
+        except TemplateDoesNotExist:
+            continue
+        except TemplateSyntaxError:
+            pass  # found: rendering reports the error with its line
+        return []
+    return [
+        Error(
+            f"ALARMS['BASE_TEMPLATE'] {name!r} cannot be found: the alarm centre would answer 500.",
+            hint="Name a template of the project that has a 'content' block (e.g. 'base.html'), "
+            "or set None to use the app's own standalone page.",
+            id="alarms.E007",
+        )
+    ]
 
 
 def cors_origin_errors(origins: Any) -> list[Error]:

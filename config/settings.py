@@ -189,4 +189,6 @@ LOGGING = {
 ALARMS: dict[str, object] = {
     # Bearer token for /alarms/metrics/ and /alarms/health/ besides staff users.
     "METRICS_TOKEN": env.str("ALARMS_METRICS_TOKEN", default="") or None,
+    # The alarm centre inside the demo's own layout (templates/base.html).
+    "BASE_TEMPLATE": "base.html",
 }

@@ -81,3 +81,42 @@ def test_w002_unknown_key() -> None:
     assert [m.id for m in messages] == ["alarms.W002"]
     assert "HEARTBAET" in messages[0].msg
     assert "POLL_INTERVAL" not in messages[0].msg
+
+
+@override_settings(ALARMS={"BASE_TEMPLATE": "base.html"})
+def test_base_template_is_a_known_key_and_found() -> None:
+    assert ids() == []
+
+
+@pytest.mark.parametrize("value", (None, ""))
+def test_no_base_template_means_the_apps_own_page(value: Any) -> None:
+    with override_settings(ALARMS={"BASE_TEMPLATE": value}):
+        assert ids() == []
+
+
+@override_settings(ALARMS={"BASE_TEMPLATE": "site/nowhere.html"})
+def test_e007_base_template_not_found() -> None:
+    messages = check_settings()
+
+    assert [m.id for m in messages] == ["alarms.E007"]
+    assert "'site/nowhere.html' cannot be found" in messages[0].msg
+
+
+@pytest.mark.parametrize("value", (5, ["base.html"]))
+def test_e007_base_template_is_not_a_name(value: Any) -> None:
+    with override_settings(ALARMS={"BASE_TEMPLATE": value}):
+        messages = check_settings()
+
+    assert [m.id for m in messages] == ["alarms.E007"]
+    assert "must be a template name or None" in messages[0].msg
+
+
+def test_e007_looks_where_the_centre_renders(tmp_path: Any) -> None:
+    # A template only a non-Django engine finds is no base for {% extends %}.
+    (tmp_path / "layout.html").write_text("{{ x }}", encoding="utf-8")
+    engines = [
+        {"BACKEND": "django.template.backends.dummy.TemplateStrings", "DIRS": [tmp_path]},
+        {"BACKEND": "django.template.backends.django.DjangoTemplates", "APP_DIRS": True},
+    ]
+    with override_settings(TEMPLATES=engines, ALARMS={"BASE_TEMPLATE": "layout.html"}):
+        assert ids() == ["alarms.E007"]

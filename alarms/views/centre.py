@@ -16,6 +16,7 @@ from django.utils.translation import ngettext
 from django.views.decorators.http import require_http_methods
 
 from alarms import api, events
+from alarms.conf import get_config
 from alarms.models import Alarm, AlarmReceipt, Level
 from alarms.translation import choose_language, direction
 from alarms.validators import is_safe_link
@@ -98,6 +99,8 @@ def centre(request: HttpRequest) -> HttpResponse:
     context: dict[str, Any] = {
         "unread": entries(unread, language, receipts, "unread"),
         "earlier": entries(earlier, language, receipts, "expired"),
+        # alarms/base.html extends it; None there means the app's standalone page.
+        "alarms_base_template": get_config()["BASE_TEMPLATE"],
     }
     return render(request, "alarms/centre.html", context)
 
