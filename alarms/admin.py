@@ -104,6 +104,14 @@ class AlarmTranslationInline(admin.StackedInline):
     def get_max_num(self, request: HttpRequest, obj: Alarm | None = None, **kwargs: Any) -> int:
         return len(settings.LANGUAGES)
 
+    def formfield_for_dbfield(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
+        formfield = super().formfield_for_dbfield(db_field, request, **kwargs)
+        if formfield is not None and db_field.name in ("title", "message"):
+            # Each row may be in another script: the browser reads the direction
+            # from the text typed (Arabic right to left), whatever the admin's language.
+            formfield.widget.attrs["dir"] = "auto"
+        return formfield
+
 
 @admin.register(Alarm)
 class AlarmAdmin(admin.ModelAdmin):
