@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 from django.conf import settings
@@ -9,10 +10,43 @@ from django.utils.translation import get_language_info, get_supported_language_v
 
 RTL_FALLBACK = frozenset({"ar", "fa", "he", "ur", "ps", "ku", "ug", "yi", "dv", "sd"})
 
+# Language subtags Django does not map (it already maps zh-tw, zh-hk... to zh-hant
+# and zh-cn, zh-sg... to zh-hans): ISO 639 codes withdrawn long ago that old Java
+# and Android clients still send, and Norwegian, whose macrolanguage code and
+# Bokmål's stand in for each other (Django ships nb, and lists no apart).
+ALIASES: dict[str, tuple[str, ...]] = {
+    "iw": ("he",),
+    "in": ("id",),
+    "ji": ("yi",),
+    "jw": ("jv",),
+    "mo": ("ro",),
+    "no": ("nb",),
+    "nb": ("no",),
+}
+MAX_TAG_LENGTH = 15
+TAG = re.compile(r"[a-z]{1,8}(?:-[a-z0-9]{1,8})*")
+
+
+def tag_variants(code: str | None) -> list[str]:
+    """``code`` as a lowercase BCP 47 tag, then its aliases; ``[]`` if it is no tag.
+
+    Accepts underscores and any case (``pt_BR``, ``PT-br`` -> ``pt-br``). Anything
+    else (over-long, non-ASCII, ``../``, control characters) is no language.
+    """
+    # isascii() first: lower() maps some non-ASCII letters onto ASCII (the Kelvin sign to k).
+    if not code or len(code) > MAX_TAG_LENGTH or not code.isascii():
+        return []
+    tag = code.replace("_", "-").lower()
+    if not TAG.fullmatch(tag):
+        return []
+    primary, dash, rest = tag.partition("-")
+    return [tag, *(alias + dash + rest for alias in ALIASES.get(primary, ()))]
+
 
 def choose_language(wanted: str | None, available: Iterable[str]) -> str | None:
     """Pick the best of ``available`` language codes for a reader of ``wanted``.
 
+    ``wanted`` is read as ``tag_variants`` reads it (``pt_BR``, legacy ``iw``).
     Exact code first (``pt-br``), then its generic language (``pt``), then
     ``LANGUAGE_CODE``, then any translation at all. A script variant is never
     taken for another: ``zh-hant`` never falls back to ``zh-hans``, only to the
@@ -21,11 +55,12 @@ def choose_language(wanted: str | None, available: Iterable[str]) -> str | None:
     codes = sorted({c.lower() for c in available})
     if not codes:
         return None
-    if wanted:
-        wanted = wanted.lower()
-        if wanted in codes:
-            return wanted
-        generic = wanted.split("-")[0]
+    variants = tag_variants(wanted)
+    for variant in variants:
+        if variant in codes:
+            return variant
+    for variant in variants:
+        generic = variant.split("-")[0]
         if generic in codes:
             return generic
     default = settings.LANGUAGE_CODE.lower()
@@ -49,10 +84,21 @@ def language_choices() -> list[tuple[str, str]]:
 
 
 def supported_language(code: str | None) -> str | None:
-    """``code`` if the site speaks it (or a variant of it), else None."""
-    if not code or len(code) > 15:
-        return None
-    try:
-        return get_supported_language_variant(code.lower())
-    except LookupError:
-        return None
+    """The code in ``settings.LANGUAGES`` for a client's language tag, else None.
+
+    The one door for a tag a client sends (``?lang=``, a stored preference):
+    ``pt_BR``, ``PT-br``, legacy ``iw`` are understood. Django's own order then
+    applies (``get_supported_language_variant``): the exact code, Django's
+    fallbacks (``zh-tw`` -> ``zh-hant``), the generic language (``pt-br`` -> ``pt``),
+    then another region of the language (``pt-pt`` -> ``pt-br``). None, never an
+    error, for an unknown or malformed tag: the caller falls back to ``LANGUAGE_CODE``.
+    """
+    variants = tag_variants(code)
+    # Strict first, so that an alias's exact match beats another region of the tag.
+    for strict in (True, False):
+        for variant in variants:
+            try:
+                return get_supported_language_variant(variant, strict=strict)
+            except LookupError:
+                continue
+    return None

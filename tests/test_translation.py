@@ -4,6 +4,7 @@ import ast
 import gettext
 import re
 import shutil
+import struct
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,6 +94,116 @@ def test_language_choices_follow_settings() -> None:
 )
 def test_supported_language(code: str | None, supported: str | None) -> None:
     assert supported_language(code) == supported
+
+
+# -- tags as clients spell them: underscores, any case, legacy codes ----------------
+
+SITE = [
+    ("en", "English"),
+    ("he", "Hebrew"),
+    ("pt-br", "Brazilian Portuguese"),
+    ("id", "Indonesian"),
+    ("nb", "Norwegian Bokmål"),
+    ("ro", "Romanian"),
+    ("zh-hant", "Traditional Chinese"),
+    ("ko", "Korean"),
+]
+
+
+@override_settings(LANGUAGES=SITE)
+@pytest.mark.parametrize(
+    ("code", "supported"),
+    (
+        # Underscores and any case.
+        ("pt_BR", "pt-br"),
+        ("PT-br", "pt-br"),
+        ("PT_br", "pt-br"),
+        ("pt-BR", "pt-br"),
+        ("he_IL", "he"),
+        ("HE", "he"),
+        # Withdrawn ISO 639 codes, with or without a region.
+        ("iw", "he"),
+        ("IW", "he"),
+        ("iw-IL", "he"),
+        ("iw_IL", "he"),
+        ("in", "id"),
+        ("in-ID", "id"),
+        ("mo", "ro"),
+        # Norwegian: the macrolanguage for Bokmål, which Django ships.
+        ("no", "nb"),
+        ("no_NO", "nb"),
+        ("nb-NO", "nb"),
+        ("nn", None),
+        # Django's Chinese fallbacks, now for any spelling.
+        ("zh_TW", "zh-hant"),
+        ("zh-Hant", "zh-hant"),
+        ("zh_Hant_HK", "zh-hant"),
+        ("ZH-HK", "zh-hant"),
+        # Django's regional variant of the language: Portuguese readers get Brazilian.
+        ("pt_PT", "pt-br"),
+        # Unknown or malformed: None, for the caller's LANGUAGE_CODE.
+        ("fr", None),
+        ("fr_FR", None),
+        ("pt_BR.UTF-8", None),
+        ("../he", None),
+        ("he/../en", None),
+        ("he_", None),
+        ("_he", None),
+        ("he--il", None),
+        ("h e", None),
+        ("*", None),
+        ("iw-" + "x" * 13, None),
+        ("\u212ao", None),  # the Kelvin sign, which lower() turns into "k"
+        ("h\u0435", None),  # a Cyrillic e
+        ("\u05e2\u05d1", None),
+        ("he\0", None),
+        ("", None),
+        (None, None),
+    ),
+)
+def test_supported_language_reads_tags_as_clients_send_them(
+    code: str | None, supported: str | None
+) -> None:
+    assert supported_language(code) == supported
+
+
+EMPTY_MO = struct.pack("<7I", 0x950412DE, 0, 0, 28, 28, 0, 28)
+
+
+def test_yiddish_by_its_legacy_code(tmp_path: Path) -> None:
+    # Django takes no language without a catalogue, and ships none for Yiddish.
+    (tmp_path / "yi" / "LC_MESSAGES").mkdir(parents=True)
+    (tmp_path / "yi" / "LC_MESSAGES" / "django.mo").write_bytes(EMPTY_MO)
+    with override_settings(LANGUAGES=[("en", "English"), ("yi", "Yiddish")]):
+        assert supported_language("ji") is None
+        with override_settings(LOCALE_PATHS=[tmp_path]):
+            assert supported_language("yi") == "yi"
+            assert supported_language("ji") == "yi"
+            assert supported_language("JI_us") == "yi"
+
+
+@pytest.mark.parametrize(
+    ("wanted", "available", "chosen"),
+    (
+        ("pt_BR", ("pt-br", "pt", "en"), "pt-br"),
+        ("PT_br", ("pt", "en"), "pt"),
+        ("iw", ("he", "en"), "he"),
+        ("iw_IL", ("he", "en"), "he"),
+        ("in", ("id", "en"), "id"),
+        ("no", ("nb", "en"), "nb"),
+        ("nb-NO", ("no", "en"), "no"),
+        # The tag itself before its alias.
+        ("no", ("no", "nb", "en"), "no"),
+        # Malformed: the default, no error.
+        ("../ko", ("ko", "en"), "en"),
+        ("k" * 100, ("ko", "en"), "en"),
+        ("\u212ao", ("ko", "en"), "en"),
+    ),
+)
+def test_choose_language_reads_tags_as_clients_send_them(
+    wanted: str, available: tuple[str, ...], chosen: str
+) -> None:
+    assert choose_language(wanted, available) == chosen
 
 
 # -- the app's own interface strings ----------------------------------------------
