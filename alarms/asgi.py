@@ -64,6 +64,11 @@ def flow_control(application: ASGIApp) -> ASGIApp:
                     valve.open()
             elif kind == "http.response.body" and valve.registered:
                 if not message.get("more_body", False):
+                    # The stream's last bytes. A client that still reads nothing (a
+                    # stream the broker closed as too slow) is dropped all the same,
+                    # or its connection would hold Twisted's buffer for good.
+                    if not await valve.writable(scope):
+                        return
                     # Twisted complains about a producer left registered at finish().
                     valve.close()
                     await send(message)
@@ -138,14 +143,17 @@ class _Valve:
     def stopProducing(self) -> None:
         self._writable.set()
 
-    async def writable(self, scope: Scope) -> None:
+    async def writable(self, scope: Scope) -> bool:
+        """Wait while the socket is full; False if it stayed full and was aborted."""
         if self._writable.is_set():
-            return
+            return True
         started = time.monotonic()
         try:
             await asyncio.wait_for(self._writable.wait(), self.timeout)
         except TimeoutError:
             self._abort(scope, time.monotonic() - started)
+            return False
+        return True
 
     def _abort(self, scope: Scope, waited: float) -> None:
         channel = self.request.channel

@@ -76,7 +76,8 @@ def metric(server, name: str, token: str = "t0ken") -> float:
     return found[name]
 
 
-def wait_for(predicate, timeout: float = 5.0) -> None:
+def wait_for(predicate, timeout: float = 30.0) -> None:
+    # A bound against a hang, not a speed claim: CI machines are shared and busy.
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
