@@ -13,3 +13,4 @@ class AlarmsConfig(AppConfig):
         from alarms import checks, journal  # noqa: F401  (registers checks and receivers)
 
         journal.connect_audience_signals()
+        journal.connect_access_signals()

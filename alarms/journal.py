@@ -10,16 +10,26 @@ lock is held from the journal insert to the commit: a few statements at most.
 
 The ``NOTIFY`` is issued in the same transaction: it is delivered on commit,
 never on rollback, and a crash between the two is impossible.
+
+Besides alarm changes and dismissals, the journal carries what an open stream's
+authorisation depends on, so every process re-makes it within a read:
+``access`` rows (a user's groups, flags or password changed, or the user was
+deleted: their streams are authorised again from their sessions) and
+``session`` rows (a session ended: the streams opened with it close).
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 from typing import Any
 
-from django.db import connections, transaction
-from django.db.models.signals import m2m_changed, post_delete, post_save
+from django.conf import settings
+from django.contrib.auth import get_user_model, user_logged_out
+from django.db import connections, router, transaction
+from django.db.models.signals import m2m_changed, post_delete, post_save, pre_delete
 from django.dispatch import receiver
+from django.utils import timezone
 
 from alarms.conf import get_config
 
@@ -33,16 +43,47 @@ def record(
     from alarms.models import AlarmChange
 
     ids = sorted(set(alarm_ids))
-    if not ids:
+    _write([AlarmChange(alarm_id=i, kind=kind, user_id=user_id) for i in ids], using)
+
+
+def record_access(user_ids: Iterable[int]) -> None:
+    """The access of these users changed: their open streams are authorised again."""
+    from alarms.models import AlarmChange
+
+    kind = AlarmChange.Kind.ACCESS
+    rows = [AlarmChange(alarm_id=0, kind=kind, user_id=u) for u in sorted(set(user_ids))]
+    _write(rows, router.db_for_write(AlarmChange))
+
+
+def record_session_end(session_key: str, user_id: int | None) -> None:
+    """A session ended: the streams opened with it close."""
+    from alarms.models import AlarmChange
+
+    row = AlarmChange(
+        alarm_id=0,
+        kind=AlarmChange.Kind.SESSION,
+        user_id=user_id,
+        session=session_digest(session_key),
+    )
+    _write([row], router.db_for_write(AlarmChange))
+
+
+def session_digest(session_key: str) -> str:
+    """What the journal keeps of a session key: enough to match it, never to use it."""
+    return hashlib.sha256(session_key.encode()).hexdigest()[:32]
+
+
+def _write(rows: list[Any], using: str) -> None:
+    from alarms.models import AlarmChange
+
+    if not rows:
         return
     connection = connections[using]
     with transaction.atomic(using=using):
         if connection.vendor == "postgresql":
             with connection.cursor() as cursor:
                 cursor.execute("SELECT pg_advisory_xact_lock(%s)", [ADVISORY_LOCK_KEY])
-        AlarmChange.objects.using(using).bulk_create(
-            [AlarmChange(alarm_id=i, kind=kind, user_id=user_id) for i in ids]
-        )
+        AlarmChange.objects.using(using).bulk_create(rows)
         if connection.vendor == "postgresql":
             with connection.cursor() as cursor:
                 cursor.execute("SELECT pg_notify(%s, '')", [get_config()["CHANNEL"]])
@@ -98,4 +139,90 @@ def connect_audience_signals() -> None:
     for through in (Alarm.users.through, Alarm.groups.through):
         m2m_changed.connect(
             _audience_changed, sender=through, dispatch_uid=f"alarms.journal.{through.__name__}"
+        )
+
+
+# -- what a stream's authorisation depends on -------------------------------
+
+# Fields of the user model that decide what a stream may read, or whether its
+# session still holds (the password: Django's session hash is derived from it).
+_ACCESS_FIELDS = frozenset({"is_active", "is_staff", "is_superuser", "password"})
+
+
+def _user_saved(
+    sender: Any, instance: Any, created: bool, update_fields: Any, **kwargs: Any
+) -> None:
+    if created:
+        return  # no stream can belong to a user that did not exist
+    if update_fields is not None and _ACCESS_FIELDS.isdisjoint(update_fields):
+        return  # e.g. the last_login that every login saves
+    record_access([instance.pk])
+
+
+def _user_deleted(sender: Any, instance: Any, **kwargs: Any) -> None:
+    record_access([instance.pk])
+
+
+def _user_groups_changed(
+    sender: Any, instance: Any, action: str, reverse: bool, pk_set: set[int] | None, **kwargs: Any
+) -> None:
+    if not reverse:  # user.groups.add(...): one user
+        if action.startswith("post_"):
+            record_access([instance.pk])
+    elif action == "pre_clear":  # group.user_set.clear(): who is in it is gone after
+        instance._alarms_cleared_users = _members(instance)
+    elif action == "post_clear":
+        record_access(getattr(instance, "_alarms_cleared_users", ()))
+    elif action.startswith("post_"):
+        record_access(pk_set or ())
+
+
+def _group_deleted(sender: Any, instance: Any, **kwargs: Any) -> None:
+    # The membership rows go by cascade, which sends no m2m_changed; this row
+    # commits with the delete, so the streams are authorised again after it.
+    record_access(_members(instance))
+
+
+def _members(group: Any) -> list[int]:
+    return list(get_user_model()._default_manager.filter(groups=group).values_list("pk", flat=True))
+
+
+@receiver(user_logged_out, dispatch_uid="alarms.journal.logged_out")
+def _logged_out(sender: Any, request: Any, user: Any, **kwargs: Any) -> None:
+    session = getattr(request, "session", None)
+    key = getattr(session, "session_key", None)
+    if key:
+        record_session_end(key, getattr(user, "pk", None))
+
+
+def _session_deleted(sender: Any, instance: Any, **kwargs: Any) -> None:
+    # flush() and logout on the database-backed engines. An expired session's
+    # streams have ended at its expiry already (clearsessions deletes only those).
+    if instance.expire_date > timezone.now():
+        record_session_end(instance.session_key, None)
+
+
+def connect_access_signals() -> None:
+    user_model = get_user_model()
+    post_save.connect(_user_saved, sender=user_model, dispatch_uid="alarms.journal.user_saved")
+    post_delete.connect(
+        _user_deleted, sender=user_model, dispatch_uid="alarms.journal.user_deleted"
+    )
+    groups = getattr(user_model, "groups", None)
+    if groups is not None:
+        m2m_changed.connect(
+            _user_groups_changed,
+            sender=groups.through,
+            dispatch_uid="alarms.journal.user_groups",
+        )
+        pre_delete.connect(
+            _group_deleted,
+            sender=groups.field.related_model,
+            dispatch_uid="alarms.journal.group_deleted",
+        )
+    if "django.contrib.sessions" in settings.INSTALLED_APPS:
+        from django.contrib.sessions.models import Session
+
+        post_delete.connect(
+            _session_deleted, sender=Session, dispatch_uid="alarms.journal.session_deleted"
         )

@@ -205,10 +205,18 @@ class AlarmChange(models.Model):
     class Kind(models.TextChoices):
         ALARM = "alarm", _("alarm changed")
         DISMISS = "dismiss", _("dismissed by a user")
+        # A user's access changed (groups, flags, password, deleted): their
+        # open streams are authorised again. alarm_id is 0.
+        ACCESS = "access", _("a user's access changed")
+        # A session ended (logout, flush): the streams opened with it close.
+        SESSION = "session", _("a session ended")
 
     alarm_id = models.BigIntegerField(_("alarm id"))
     kind = models.CharField(_("kind"), max_length=8, choices=Kind, default=Kind.ALARM)
     user_id = models.BigIntegerField(_("user id"), null=True, blank=True)
+    # For SESSION rows: a digest of the session key (alarms.journal.session_digest),
+    # never the key itself.
+    session = models.CharField(_("session digest"), max_length=64, blank=True, default="")
     created_at = models.DateTimeField(_("created at"), default=timezone.now, db_index=True)
 
     class Meta:

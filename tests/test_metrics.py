@@ -314,6 +314,8 @@ def test_values_are_the_brokers() -> None:
         "closed_lifetime": 17,
         "closed_shutdown": 18,
         "delivered": 19,
+        "closed_signed_out": 20,
+        "closed_session_expired": 21,
     }
     broker.stats.update(counted)
     broker.timings.update(read_ms=2.5, fan_out_ms=0.5, lag_s=1.25)
@@ -347,5 +349,7 @@ def test_values_are_the_brokers() -> None:
         (closed, (("reason", "replaced"),)): 1,
         (closed, (("reason", "lifetime"),)): 17,
         (closed, (("reason", "shutdown"),)): 18,
+        (closed, (("reason", "signed_out"),)): 20,
+        (closed, (("reason", "session_expired"),)): 21,
         ("alarms_stalled_aborted_total", ()): 16,
     }

@@ -21,19 +21,21 @@ import os
 import signal
 import threading
 import time
-from collections import defaultdict, deque
+from collections import OrderedDict, defaultdict, deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, ClassVar, TypeVar
 
+from django.core.exceptions import ValidationError
 from django.db import Error as DatabaseError
 from django.db import connections
 from django.utils import timezone
 
 from alarms import events
 from alarms.conf import get_config
+from alarms.journal import session_digest
 from alarms.translation import choose_language, direction
 from alarms.validators import is_safe_link
 
@@ -123,7 +125,10 @@ class Subscriber:
         "address",
         "closed",
         "dismissed",
+        "expires_at",
         "id",
+        "session",
+        "session_key",
         "tracking",
         "viewer",
     )
@@ -138,6 +143,12 @@ class Subscriber:
         # queued to it meanwhile: its replay leaves them to the queue.
         self.tracking: set[int] | None = None
         self.closed: str | None = None
+        # The session the stream was opened with (its key, to authorise the
+        # stream again; its digest, to match the journal's session rows) and
+        # when that session expires: the stream must not outlive it.
+        self.session_key: str | None = None
+        self.session = ""
+        self.expires_at: float | None = None  # time.time() scale
         self._queue: list[bytes] = []
         self._size = queue_size
         self._waiter: asyncio.Future[None] | None = None
@@ -199,6 +210,16 @@ class ConnectState:
     viewer: Viewer
     seen: set[int]
     dismissed: set[int]
+    session_key: str | None = None
+    expires_at: datetime | None = None
+    # The journal row the broker had read when this load began: access and
+    # session rows read since then were not seen by it (see subscribe()).
+    head: int = 0
+
+
+# Bounds of what the broker remembers of recent access and session rows, for
+# streams whose connect raced them.
+_RECENT = 10_000
 
 
 class BaseBroker:
@@ -221,6 +242,12 @@ class BaseBroker:
         self.subscribers: set[Subscriber] = set()
         self.by_user: dict[int, deque[Subscriber]] = defaultdict(deque)
         self.by_address: dict[str, int] = defaultdict(int)
+        self.by_session: dict[str, set[Subscriber]] = {}
+        # The journal row of the latest access change per user, and of ended
+        # sessions, kept for streams that connect while one is read.
+        self._access_at: OrderedDict[int, int] = OrderedDict()
+        self._sessions_ended: OrderedDict[str, int] = OrderedDict()
+        self._pending_access: set[int] = set()
         self.loop: asyncio.AbstractEventLoop | None = None
         self._executor = ThreadPoolExecutor(
             max_workers=self.config["DB_THREADS"], thread_name_prefix="alarms-db"
@@ -407,20 +434,18 @@ class BaseBroker:
             )
         return result
 
-    def _read_changes(
-        self, head: int
-    ) -> tuple[list[tuple[int, int, str, int | None]], dict, datetime | None]:
+    def _read_changes(self, head: int) -> tuple[list[Row], dict, datetime | None]:
         from alarms.models import AlarmChange
 
         found = list(
             AlarmChange.objects.using(self.alias)
             .filter(id__gt=head)
             .order_by("id")
-            .values_list("id", "alarm_id", "kind", "user_id", "created_at")[:10000]
+            .values_list("id", "alarm_id", "kind", "user_id", "session", "created_at")[:10000]
         )
-        rows = [row[:4] for row in found]
-        newest = found[-1][4] if found else None
-        changed = {alarm_id for _id, alarm_id, kind, _u in rows if kind == "alarm"}
+        rows = [row[:5] for row in found]
+        newest = found[-1][5] if found else None
+        changed = {row[1] for row in rows if row[2] == "alarm"}
         return rows, (self._load_alarms(changed) if changed else {}), newest
 
     # -- the loop ----------------------------------------------------------
@@ -454,8 +479,10 @@ class BaseBroker:
             self.timings["lag_s"] = max(0.0, (timezone.now() - newest).total_seconds())
         if rows and self.subscribers:
             self._defer_gc()
-        while rows:
-            self._apply(rows, loaded)
+        while True:
+            await self._authorise_again(rows)
+            if rows:
+                self._apply(rows, loaded)
             if len(rows) < 10000:
                 break
             rows, loaded, _newest = await self.run_db(self._read_changes, self.head)
@@ -496,12 +523,12 @@ class BaseBroker:
         self._gc_timer = None
         gc.enable()
 
-    def _apply(self, rows: list[tuple[int, int, str, int | None]], loaded: dict) -> None:
+    def _apply(self, rows: list[Row], loaded: dict) -> None:
         now = timezone.now()
         self.head = rows[-1][0]
         event_id = events.format_event_id(self.head, _millis())
         # In journal order of each alarm's last change: a replayed burst reads as written.
-        changed = {a: i for i, a, kind, _u in rows if kind == "alarm"}
+        changed = {a: i for i, a, kind, _u, _s in rows if kind == "alarm"}
         for alarm_id in sorted(changed, key=changed.__getitem__):
             old = self.alarms.pop(alarm_id, None)
             new = loaded.get(alarm_id)
@@ -509,7 +536,7 @@ class BaseBroker:
                 new.announced = new.live(now)
                 self.alarms[alarm_id] = new
             self._fan_out(old, new, now, event_id)
-        for _i, alarm_id, kind, user_id in rows:
+        for _i, alarm_id, kind, user_id, _s in rows:
             if kind == "dismiss" and user_id is not None:
                 chunk = events.dismiss(alarm_id, event_id)
                 for sub in self.by_user.get(user_id, ()):
@@ -518,6 +545,108 @@ class BaseBroker:
                     if sub.tracking is not None:
                         sub.tracking.add(alarm_id)
                 self.stats["events"] += 1
+
+    # -- authorisation that follows the user ------------------------------
+
+    async def _authorise_again(self, rows: list[Row]) -> None:
+        """Re-make the authorisation of every stream the journal's access and
+        session rows (and streams that connected while one was read) concern,
+        before the rows' alarm changes fan out with it."""
+        for row_id, _a, kind, user_id, session in rows:
+            if kind == "session" and session:
+                _remember(self._sessions_ended, session, row_id)
+                for sub in list(self.by_session.get(session, ())):
+                    self.sign_out(sub, "signed_out")
+            elif kind == "access" and user_id is not None:
+                _remember(self._access_at, user_id, row_id)
+                self._pending_access.add(user_id)
+        users = {u for u in self._pending_access if u in self.by_user}
+        self._pending_access.clear()
+        if not users:
+            return
+        keys = {u: {sub.session_key or "" for sub in self.by_user[u]} for u in users}
+        states = await self.run_db(self._load_access, keys, list(self.alarms))
+        now = timezone.now()
+        event_id = events.format_event_id(max(self.head, rows[-1][0] if rows else 0), _millis())
+        for user_id in users:
+            for sub in list(self.by_user.get(user_id, ())):
+                state = states.get((user_id, sub.session_key or ""))
+                if state is None or state.viewer.user_id != user_id:
+                    self.sign_out(sub, "signed_out", now, event_id)
+                else:
+                    self._reauthorise(sub, state, now, event_id)
+        self.stats["reauthorised"] += len(users)
+
+    def _load_access(
+        self, keys: dict[int, set[str]], alarm_ids: list[int]
+    ) -> dict[tuple[int, str], ConnectState]:
+        """Runs in a database thread: each session's user as Django would
+        authenticate it now, with their groups and receipts. A session that no
+        longer authenticates its user is missing from the result. Streams of a
+        user signed in without a session (key "") are checked by the user alone."""
+        found: dict[tuple[int, str], ConnectState] = {}
+        for user_id, session_keys in keys.items():
+            for key in session_keys:
+                if key:
+                    session, user = _session_user(key)
+                else:
+                    session, user = None, _active_user(user_id)
+                if user is not None and user.pk == user_id:
+                    found[(user_id, key)] = self.load_viewer(user, "", alarm_ids, session)
+        return found
+
+    def _reauthorise(
+        self, sub: Subscriber, state: ConnectState, now: datetime, event_id: str
+    ) -> None:
+        """Give ``sub`` its user's current viewer: retract what they may no longer
+        read, send what they now may (unless dismissed, or seen and not critical)."""
+        new = Viewer(
+            user_id=state.viewer.user_id,
+            is_staff=state.viewer.is_staff,
+            group_ids=state.viewer.group_ids,
+            language=sub.viewer.language,
+        )
+        sub.expires_at = state.expires_at.timestamp() if state.expires_at else None
+        sub.dismissed |= state.dismissed
+        self._switch_viewer(sub, new, state.seen, now, event_id)
+        sub.viewer = new  # the same user: by_user stays as it is
+
+    def sign_out(
+        self,
+        sub: Subscriber,
+        reason: str,
+        now: datetime | None = None,
+        event_id: str | None = None,
+    ) -> None:
+        """End a stream whose session no longer holds. What only its user could
+        read is retracted first, so the page it fed shows none of it; the
+        browser reconnects with what credentials it has now."""
+        now = now or timezone.now()
+        event_id = event_id or events.format_event_id(self.head, _millis())
+        # sub.viewer stays: unsubscribe() finds the stream under its user by it.
+        self._switch_viewer(sub, Viewer(language=sub.viewer.language), set(), now, event_id)
+        sub.close(reason)
+
+    def _switch_viewer(
+        self, sub: Subscriber, new: Viewer, seen: set[int], now: datetime, event_id: str
+    ) -> None:
+        """Push to ``sub`` the difference between what its viewer and ``new`` may read."""
+        old = sub.viewer
+        for alarm in sorted(self.alarms.values(), key=lambda a: (a.publish_at, a.id)):
+            if not (alarm.announced and alarm.live(now)):
+                continue
+            was, now_visible = alarm.visible_to(old), alarm.visible_to(new)
+            if was and not now_visible:
+                sub.push(events.retract(alarm.id, event_id))
+            elif now_visible and not was and alarm.id not in sub.dismissed:
+                if alarm.id in seen and alarm.level != "critical":
+                    continue
+                sub.push(events.alarm(alarm.payload(new.language), event_id))
+            else:
+                continue
+            if sub.tracking is not None:
+                sub.tracking.add(alarm.id)
+            self.stats["events"] += 1
 
     def _fan_out(
         self, old: CachedAlarm | None, new: CachedAlarm | None, now: datetime, event_id: str
@@ -573,8 +702,10 @@ class BaseBroker:
 
     # -- streams -----------------------------------------------------------
 
-    def load_viewer(self, user: Any, language: str, alarm_ids: list[int]) -> ConnectState:
-        """Runs in a database thread: the viewer and their receipts."""
+    def load_viewer(
+        self, user: Any, language: str, alarm_ids: list[int], session: Any = None
+    ) -> ConnectState:
+        """Runs in a database thread: the viewer, their receipts and their session."""
         from alarms.models import AlarmReceipt
 
         if not getattr(user, "is_authenticated", False):
@@ -597,7 +728,8 @@ class BaseBroker:
                 seen.add(alarm_id)
             if dismissed_at:
                 dismissed.add(alarm_id)
-        return ConnectState(viewer, seen, dismissed)
+        key = getattr(session, "session_key", None)
+        return ConnectState(viewer, seen, dismissed, key, _session_expiry(session) if key else None)
 
     def subscribe(self, state: ConnectState, address: str = "") -> Subscriber:
         """Register a stream (on the broker's loop, after :meth:`ensure_started`)."""
@@ -619,6 +751,19 @@ class BaseBroker:
             mine.append(sub)
             while len(mine) > self.config["MAX_STREAMS_PER_USER"]:
                 mine.popleft().close("replaced")
+            if state.session_key:
+                sub.session_key = state.session_key
+                sub.session = session_digest(state.session_key)
+                sub.expires_at = state.expires_at.timestamp() if state.expires_at else None
+                self.by_session.setdefault(sub.session, set()).add(sub)
+                # Rows read while this stream's user was loaded were not seen by
+                # that load: a session that ended then ends this stream too, and
+                # an access change then is applied to it on the next read.
+                if self._sessions_ended.get(sub.session, 0) > state.head:
+                    sub.close("signed_out")
+                if self._access_at.get(user_id, 0) > state.head:
+                    self._pending_access.add(user_id)
+                    self.wake()
         self.stats["connects"] += 1
         return sub
 
@@ -639,6 +784,12 @@ class BaseBroker:
                 mine.remove(sub)
             if not mine:
                 del self.by_user[user_id]
+        if sub.session:
+            same = self.by_session.get(sub.session)
+            if same is not None:
+                same.discard(sub)
+                if not same:
+                    del self.by_session[sub.session]
         if sub.closed:
             self.stats[f"closed_{sub.closed}"] += 1
 
@@ -670,7 +821,9 @@ class BaseBroker:
         first = journal.order_by("id").values_list("id", flat=True).first()
         if seq > head or (first is not None and seq < first - 1):
             return None  # from another database, or older than what is kept
-        rows = journal.filter(id__gt=seq, id__lte=head).values_list("alarm_id", "kind", "user_id")
+        rows = journal.filter(id__gt=seq, id__lte=head, kind__in=("alarm", "dismiss")).values_list(
+            "alarm_id", "kind", "user_id"
+        )
         missed = Missed(since=datetime.fromtimestamp(millis / 1000, tz=UTC), head=head)
         for alarm_id, kind, row_user in rows:
             if kind == "alarm":
@@ -718,6 +871,80 @@ class Missed:
     changed: set[int] = field(default_factory=set)
     dismissed: set[int] = field(default_factory=set)
     retract: set[int] = field(default_factory=set)
+
+
+# A journal row as the broker reads it: id, alarm id, kind, user id, session digest.
+Row = tuple[int, int, str, int | None, str]
+
+
+def _remember(recent: OrderedDict[Any, int], key: Any, row_id: int) -> None:
+    recent[key] = row_id
+    recent.move_to_end(key)
+    while len(recent) > _RECENT:
+        recent.popitem(last=False)
+
+
+def _session_user(session_key: str) -> tuple[Any, Any]:
+    """The session and the user it authenticates now, as ``django.contrib.auth.get_user``
+    decides it (the session exists and has not expired, its backend is still
+    configured and still returns the user, its hash matches the user's
+    password), but without its side effects: no flush, no new key, which would
+    sign the browser out or leave it with a key it was never sent."""
+    from importlib import import_module
+
+    from django.conf import settings
+    from django.contrib.auth import (
+        BACKEND_SESSION_KEY,
+        HASH_SESSION_KEY,
+        SESSION_KEY,
+        get_user_model,
+        load_backend,
+    )
+    from django.utils.crypto import constant_time_compare
+
+    session = import_module(settings.SESSION_ENGINE).SessionStore(session_key)
+    try:
+        user_id = get_user_model()._meta.pk.to_python(session[SESSION_KEY])
+        backend_path = session[BACKEND_SESSION_KEY]
+    except (KeyError, ValueError, TypeError, ValidationError):
+        return session, None
+    if backend_path not in settings.AUTHENTICATION_BACKENDS:
+        return session, None
+    user = load_backend(backend_path).get_user(user_id)
+    if user is None or not hasattr(user, "get_session_auth_hash"):
+        return session, user
+    stored = session.get(HASH_SESSION_KEY) or ""
+    hashes = [user.get_session_auth_hash()]
+    hashes += list(getattr(user, "get_session_auth_fallback_hash", list)())
+    if stored and any(constant_time_compare(stored, h) for h in hashes):
+        return session, user
+    return session, None
+
+
+def _active_user(user_id: int) -> Any:
+    from django.contrib.auth import get_user_model
+
+    user = get_user_model()._default_manager.filter(pk=user_id).first()
+    return user if user is not None and getattr(user, "is_active", True) else None
+
+
+def _session_expiry(session: Any) -> datetime | None:
+    """When ``session`` stops authenticating: its stored expiry where the engine
+    keeps one in the database, else the latest it can be (expiry age from now)."""
+    model = getattr(type(session), "get_model_class", None)
+    if model is not None:
+        stored = (
+            model()
+            .objects.filter(session_key=session.session_key)
+            .values_list("expire_date", flat=True)
+            .first()
+        )
+        if stored is not None:
+            return stored
+    try:
+        return session.get_expiry_date()
+    except Exception:  # an engine of the project's own that cannot say
+        return None
 
 
 def _millis() -> int:

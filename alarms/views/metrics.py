@@ -69,7 +69,7 @@ async def metrics(request: HttpRequest) -> HttpResponse:
         "# HELP alarms_streams_closed_total Streams the server closed, by reason.",
         "# TYPE alarms_streams_closed_total counter",
     ]
-    for reason in ("slow", "replaced", "lifetime", "shutdown"):
+    for reason in ("slow", "replaced", "lifetime", "shutdown", "signed_out", "session_expired"):
         lines.append(
             f'alarms_streams_closed_total{{reason="{reason}"}} {stats["closed_" + reason]}'
         )

@@ -42,7 +42,9 @@ async def stream(request: HttpRequest) -> HttpResponse:
     # Sessions, the user and their receipts are read in the broker's own
     # database threads, so a storm of connects cannot open a connection each.
     # The ids are taken here, on the loop: the broker changes that dict.
+    loaded_at = broker.head
     state: ConnectState = await broker.run_db(_load, broker, request, language, list(broker.alarms))
+    state.head = loaded_at
     try:
         sub = broker.subscribe(state, address)
     except AddressFull:
@@ -152,7 +154,9 @@ def stream_language(request: HttpRequest) -> str:
 def _load(
     broker: BaseBroker, request: HttpRequest, language: str, alarm_ids: list[int]
 ) -> ConnectState:
-    return broker.load_viewer(get_user(request), language, alarm_ids)
+    return broker.load_viewer(
+        get_user(request), language, alarm_ids, getattr(request, "session", None)
+    )
 
 
 async def _events(
@@ -182,6 +186,13 @@ async def _events(
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 sub.close("lifetime")
+            if sub.expires_at is not None:
+                # The session may be renewed meanwhile (the broker re-reads it on
+                # every access change); at its expiry the stream ends with it.
+                left = sub.expires_at - time.time()
+                if left <= 0 and not sub.closed:
+                    broker.sign_out(sub, "session_expired")
+                remaining = min(remaining, left)
             chunks = await sub.next(max(0.0, min(heartbeat, remaining)))
             if chunks:
                 yield b"".join(chunks)
