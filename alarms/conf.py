@@ -65,6 +65,10 @@ DEFAULTS: dict[str, Any] = {
     # resumes from a fresh snapshot instead of an exact replay).
     "RETENTION_DAYS": 90,
     "JOURNAL_RETENTION_DAYS": 7,
+    # Journal rows a resuming stream may have missed before it gets a fresh
+    # snapshot instead of an exact replay: a forged or very old Last-Event-ID
+    # costs no more than a new connect.
+    "REPLAY_MAX_ROWS": 1000,
     # Template the app's pages (the alarm centre) extend; it must have a "content"
     # block (and may have "title"). None: the app's own standalone page, so that
     # the app works in a project without a base.html.

@@ -25,7 +25,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from django.conf import settings
-from django.contrib.auth import get_user_model, user_logged_out
+from django.contrib.auth import SESSION_KEY, get_user_model, user_logged_out
 from django.db import connections, router, transaction
 from django.db.models.signals import m2m_changed, post_delete, post_save, pre_delete
 from django.dispatch import receiver
@@ -38,12 +38,30 @@ ADVISORY_LOCK_KEY = 0x616C61726D73  # "alarms"
 
 
 def record(
-    alarm_ids: Iterable[int], *, kind: str = "alarm", user_id: int | None = None, using: str
+    alarm_ids: Iterable[int],
+    *,
+    kind: str = "alarm",
+    user_id: int | None = None,
+    using: str,
+    detail: dict[str, Any] | None = None,
 ) -> None:
     from alarms.models import AlarmChange
 
     ids = sorted(set(alarm_ids))
-    _write([AlarmChange(alarm_id=i, kind=kind, user_id=user_id) for i in ids], using)
+    rows = [AlarmChange(alarm_id=i, kind=kind, user_id=user_id, detail=detail) for i in ids]
+    _write(rows, using)
+
+
+def deletion_detail(alarm: Any) -> dict[str, Any]:
+    """What a resuming reader's broker needs of a deleted alarm to decide whether
+    that reader may have had it on screen (and so gets a ``retract``): when it
+    was published and whom it was for."""
+    return {
+        "audience": alarm.audience,
+        "publish_at": alarm.publish_at.isoformat(),
+        "users": list(alarm.users.values_list("pk", flat=True)),
+        "groups": list(alarm.groups.values_list("pk", flat=True)),
+    }
 
 
 def record_access(user_ids: Iterable[int]) -> None:
@@ -98,9 +116,20 @@ def _wake_local_broker() -> None:
 
 
 @receiver(post_save, sender="alarms.Alarm", dispatch_uid="alarms.journal.alarm_saved")
-@receiver(post_delete, sender="alarms.Alarm", dispatch_uid="alarms.journal.alarm_deleted")
 def _alarm_changed(sender: Any, instance: Any, using: str, **kwargs: Any) -> None:
     record([instance.pk], using=using)
+
+
+@receiver(pre_delete, sender="alarms.Alarm", dispatch_uid="alarms.journal.alarm_deleting")
+def _alarm_deleting(sender: Any, instance: Any, **kwargs: Any) -> None:
+    # Its users and groups are gone by post_delete (the cascade goes first).
+    instance._alarms_deletion_detail = deletion_detail(instance)
+
+
+@receiver(post_delete, sender="alarms.Alarm", dispatch_uid="alarms.journal.alarm_deleted")
+def _alarm_deleted(sender: Any, instance: Any, using: str, **kwargs: Any) -> None:
+    detail = getattr(instance, "_alarms_deletion_detail", None)
+    record([instance.pk], using=using, detail=detail)
 
 
 @receiver(post_save, sender="alarms.AlarmTranslation", dispatch_uid="alarms.journal.tr_saved")
@@ -197,8 +226,16 @@ def _logged_out(sender: Any, request: Any, user: Any, **kwargs: Any) -> None:
 
 def _session_deleted(sender: Any, instance: Any, **kwargs: Any) -> None:
     # flush() and logout on the database-backed engines. An expired session's
-    # streams have ended at its expiry already (clearsessions deletes only those).
-    if instance.expire_date > timezone.now():
+    # streams have ended at its expiry already (clearsessions deletes only those),
+    # and one that signed nobody in has no stream to end: every login deletes
+    # the visitor's session it replaces, and that needs no journal row.
+    if instance.expire_date <= timezone.now():
+        return
+    try:
+        signed_in = SESSION_KEY in instance.get_decoded()
+    except Exception:  # data this secret key cannot read: no stream of ours has it
+        return
+    if signed_in:
         record_session_end(instance.session_key, None)
 
 

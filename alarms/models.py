@@ -217,6 +217,10 @@ class AlarmChange(models.Model):
     # For SESSION rows: a digest of the session key (alarms.journal.session_digest),
     # never the key itself.
     session = models.CharField(_("session digest"), max_length=64, blank=True, default="")
+    # For an alarm's deletion: its audience and publication time
+    # (alarms.journal.deletion_detail), so a resume retracts it only for readers
+    # who may have had it on screen.
+    detail = models.JSONField(_("detail"), null=True, blank=True)
     created_at = models.DateTimeField(_("created at"), default=timezone.now, db_index=True)
 
     class Meta:

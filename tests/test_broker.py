@@ -173,20 +173,22 @@ class BrokerContract:
         run(test)
 
     def test_schedule_runs_on_the_brokers_clock(self, run):
-        now = timezone.now()
-        alarm = api.send_alarm(
-            en("Timed"),
-            audience="everyone",
-            publish_at=now + timedelta(seconds=0.5),
-            expires_at=now + timedelta(seconds=1.0),
-        )
-
         async def test(broker: BaseBroker) -> None:
             sub = broker.subscribe(viewer())
+            # Written once the broker runs, so a slow start on a busy machine
+            # cannot let the publication time pass before the broker knows it.
+            now = timezone.now()
+            alarm = await sync_to_async(api.send_alarm)(
+                en("Timed"),
+                audience="everyone",
+                publish_at=now + timedelta(seconds=1.0),
+                expires_at=now + timedelta(seconds=2.0),
+            )
+            await until(lambda: alarm.pk in broker.alarms, 10)
             reads = broker.stats["reads"]
-            first = await sub.next(3)
+            first = await sub.next(10)
             assert parse(first[0].decode())[0].event == "alarm"
-            second = await sub.next(3)
+            second = await sub.next(10)
             assert parse(second[0].decode())[0].event == "retract"
             assert alarm.pk not in broker.alarms
             if isinstance(broker, PostgresBroker):
@@ -326,3 +328,38 @@ def test_postgres_broker_refuses_other_databases():
     if connection.vendor == "postgresql":
         pytest.skip("only meaningful on another database")
     assert [m.id for m in PostgresBroker.check()] == ["alarms.E005"]
+
+
+def test_the_brokers_own_reads_go_before_queued_connect_loads() -> None:
+    """A storm of connects queues for the database thread behind the journal read."""
+    broker = MemoryBroker()  # DB_THREADS 1: one call at a time
+    order: list[str] = []
+
+    async def main() -> None:
+        gate = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        release = asyncio.Event()
+
+        def blocker() -> None:
+            loop.call_soon_threadsafe(gate.set)
+            asyncio.run_coroutine_threadsafe(release.wait(), loop).result(5)
+            order.append("blocker")
+
+        def job(name: str) -> Callable[[], None]:
+            return lambda: order.append(name)
+
+        first = asyncio.create_task(broker.run_db(blocker))
+        await gate.wait()  # the one thread is busy
+        connects = [asyncio.create_task(broker.run_db(job(f"connect {i}"))) for i in range(5)]
+        await asyncio.sleep(0)
+        read = asyncio.create_task(broker.read_db(job("journal read")))
+        await asyncio.sleep(0)
+        gone = connects.pop(2)
+        gone.cancel()  # a client that left while queued gives its turn up
+        release.set()
+        await asyncio.gather(first, read, *connects)
+        assert broker._db_queue.busy == 0
+
+    asyncio.run(main())
+    broker._executor.shutdown()
+    assert order == ["blocker", "journal read", "connect 0", "connect 1", "connect 3", "connect 4"]

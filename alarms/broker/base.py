@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import heapq
 import itertools
 import logging
 import os
@@ -25,7 +26,7 @@ from collections import OrderedDict, defaultdict, deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, TypeVar
 
 from django.core.exceptions import ValidationError
@@ -252,6 +253,7 @@ class BaseBroker:
         self._executor = ThreadPoolExecutor(
             max_workers=self.config["DB_THREADS"], thread_name_prefix="alarms-db"
         )
+        self._db_queue = _DatabaseQueue(self.config["DB_THREADS"])
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._start_lock: asyncio.Lock | None = None
@@ -296,7 +298,7 @@ class BaseBroker:
             self.loop = loop
             self._wake = asyncio.Event()
             await self.on_start()
-            await self.run_db(self._load_all)
+            await self.read_db(self._load_all)
             self._task = loop.create_task(self._run(), name="alarms-broker")
             self._install_shutdown_handler()
             logger.info(
@@ -393,9 +395,16 @@ class BaseBroker:
     # -- database access ---------------------------------------------------
 
     async def run_db(self, func: Callable[..., T], *args: Any) -> T:
-        """Run ``func`` in the broker's database threads, dropping a broken connection."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, _db_call, func, args)
+        """Run ``func`` in the broker's database threads, dropping a broken connection.
+
+        Calls queue for the threads behind the broker's own reads (see
+        :meth:`read_db`): a storm of connects waits, delivery does not.
+        """
+        return await self._db_queue.run(_QUEUED, self._executor, func, args)
+
+    async def read_db(self, func: Callable[..., T], *args: Any) -> T:
+        """:meth:`run_db` ahead of every queued call: the broker's own journal reads."""
+        return await self._db_queue.run(_URGENT, self._executor, func, args)
 
     def _load_all(self) -> None:
         from alarms.models import AlarmChange
@@ -472,7 +481,7 @@ class BaseBroker:
     async def refresh(self) -> None:
         """Read the journal past ``head`` and the clock; push what changed."""
         started = time.perf_counter()
-        rows, loaded, newest = await self.run_db(self._read_changes, self.head)
+        rows, loaded, newest = await self.read_db(self._read_changes, self.head)
         self.stats["reads"] += 1
         read = time.perf_counter()
         if newest is not None:
@@ -485,7 +494,7 @@ class BaseBroker:
                 self._apply(rows, loaded)
             if len(rows) < 10000:
                 break
-            rows, loaded, _newest = await self.run_db(self._read_changes, self.head)
+            rows, loaded, _newest = await self.read_db(self._read_changes, self.head)
         self._tick()
         if rows:
             done = time.perf_counter()
@@ -565,7 +574,7 @@ class BaseBroker:
         if not users:
             return
         keys = {u: {sub.session_key or "" for sub in self.by_user[u]} for u in users}
-        states = await self.run_db(self._load_access, keys, list(self.alarms))
+        states = await self.read_db(self._load_access, keys, list(self.alarms))
         now = timezone.now()
         event_id = events.format_event_id(max(self.head, rows[-1][0] if rows else 0), _millis())
         for user_id in users:
@@ -821,25 +830,44 @@ class BaseBroker:
         first = journal.order_by("id").values_list("id", flat=True).first()
         if seq > head or (first is not None and seq < first - 1):
             return None  # from another database, or older than what is kept
+        if head - seq > self.config["REPLAY_MAX_ROWS"]:
+            return None  # a snapshot costs less than reading that much journal
+        now = timezone.now()
+        # The client's clock says what it saw; it cannot say it saw more than the
+        # journal keeps, nor anything after now.
+        floor = now - timedelta(days=self.config["JOURNAL_RETENTION_DAYS"])
+        when = datetime.fromtimestamp(millis / 1000, tz=UTC)
+        missed = Missed(since=min(max(when, floor), now), head=head)
         rows = journal.filter(id__gt=seq, id__lte=head, kind__in=("alarm", "dismiss")).values_list(
-            "alarm_id", "kind", "user_id"
+            "alarm_id", "kind", "user_id", "detail"
         )
-        missed = Missed(since=datetime.fromtimestamp(millis / 1000, tz=UTC), head=head)
-        for alarm_id, kind, row_user in rows:
+        deleted: dict[int, dict[str, Any]] = {}
+        for alarm_id, kind, row_user, detail in rows:
             if kind == "alarm":
                 missed.changed.add(alarm_id)
+                if detail:
+                    deleted[alarm_id] = detail
             elif row_user is not None and row_user == viewer.user_id:
                 missed.dismissed.add(alarm_id)
         expired = Alarm.objects.using(self.alias).filter(
-            expires_at__gt=missed.since, expires_at__lte=timezone.now()
+            expires_at__gt=missed.since, expires_at__lte=now
         )
         candidates = missed.changed | set(expired.values_list("pk", flat=True))
-        # Retract only what this viewer may have been shown: never even the id of
-        # another user's alarm. A deleted alarm's id tells nothing, so it is kept.
-        existing = self._load_alarms(candidates, current_only=False)
-        missed.retract = {
-            i for i in candidates if i not in existing or existing[i].visible_to(viewer)
-        }
+        existing: dict[int, CachedAlarm | None] = dict(
+            self._load_alarms(candidates, current_only=False)
+        )
+        for alarm_id, detail in deleted.items():
+            existing.setdefault(alarm_id, _deleted_alarm(alarm_id, detail))
+
+        # A retract names only an alarm this reader may have on screen: published
+        # before they left, and theirs to read. Never a scheduled alarm, another
+        # user's, or a deleted one whose journal row does not say it was theirs.
+        def shown(alarm: CachedAlarm | None) -> bool:
+            return (
+                alarm is not None and alarm.publish_at <= missed.since and alarm.visible_to(viewer)
+            )
+
+        missed.retract = {i for i in candidates if shown(existing.get(i))}
         return missed
 
     def replay(self, sub: Subscriber, missed: Missed) -> list[bytes]:
@@ -871,6 +899,70 @@ class Missed:
     changed: set[int] = field(default_factory=set)
     dismissed: set[int] = field(default_factory=set)
     retract: set[int] = field(default_factory=set)
+
+
+def _deleted_alarm(alarm_id: int, detail: dict[str, Any]) -> CachedAlarm | None:
+    """A deleted alarm as far as a resume needs it, from its journal row's detail
+    (``alarms.journal.deletion_detail``)."""
+    try:
+        return CachedAlarm(
+            id=alarm_id,
+            level="",
+            audience=str(detail["audience"]),
+            url="",
+            publish_at=datetime.fromisoformat(detail["publish_at"]),
+            expires_at=None,
+            user_ids=frozenset(int(u) for u in detail.get("users", ())),
+            group_ids=frozenset(int(g) for g in detail.get("groups", ())),
+            translations={},
+        )
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+# Priorities of the broker's database queue.
+_URGENT, _QUEUED = 0, 1
+
+
+class _DatabaseQueue:
+    """At most ``width`` calls in the broker's database threads at once; the rest
+    wait on the loop in priority order, so the broker's own journal reads go
+    before any connect load that queued earlier (a connect storm must not delay
+    delivery to the streams already open)."""
+
+    def __init__(self, width: int) -> None:
+        self.width = width
+        self.busy = 0
+        self._waiting: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._order = itertools.count()
+
+    async def run(
+        self, priority: int, executor: ThreadPoolExecutor, func: Callable[..., T], args: Any
+    ) -> T:
+        loop = asyncio.get_running_loop()
+        if self.busy < self.width and not self._waiting:
+            self.busy += 1
+        else:
+            turn: asyncio.Future[None] = loop.create_future()
+            heapq.heappush(self._waiting, (priority, next(self._order), turn))
+            try:
+                await turn  # the slot is ours once it resolves (see _release)
+            except asyncio.CancelledError:
+                if turn.done() and not turn.cancelled():
+                    self._release()  # handed a slot just as the caller went away
+                raise
+        try:
+            return await loop.run_in_executor(executor, _db_call, func, args)
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        self.busy -= 1
+        while self._waiting and self.busy < self.width:
+            _priority, _n, turn = heapq.heappop(self._waiting)
+            if not turn.done():
+                self.busy += 1
+                turn.set_result(None)
 
 
 # A journal row as the broker reads it: id, alarm id, kind, user id, session digest.

@@ -115,7 +115,7 @@ async def _database(broker: BaseBroker) -> tuple[dict[str, Any], dict[str, Any]]
     head = broker.head
     try:
         elapsed, latest, unread_id, unread_at = await asyncio.wait_for(
-            broker.run_db(_probe, broker.alias, head), DB_TIMEOUT
+            broker.read_db(_probe, broker.alias, head), DB_TIMEOUT
         )
     except TimeoutError:
         error = f"no answer within {DB_TIMEOUT:g} s"

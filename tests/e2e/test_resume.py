@@ -1,0 +1,79 @@
+"""Resuming with Last-Event-ID: bounded work, and nothing revealed.
+
+The replay's events come in the stream's first bytes, so reading until the
+stream is quiet for a moment reads all of them.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from alarms import api
+from alarms.models import Alarm, AlarmChange
+from tests.e2e.test_stream import en, metric, open_stream
+
+pytestmark = pytest.mark.e2e
+
+TOKEN = "t0ken"
+
+
+def resumed(server, last_id: str, cookie=None) -> list[tuple[str, int]]:
+    with open_stream(server, cookie, **{"Last-Event-ID": last_id}) as stream:
+        return [(e.event, e.json()["id"]) for e in stream.drain(0.7)]
+
+
+def test_a_forged_old_id_costs_a_snapshot_not_the_whole_journal(server_factory, settings):
+    settings.ALARMS = {**settings.ALARMS, "STORM_LIMIT": None}  # 30 alarms at once
+    server = server_factory(METRICS_TOKEN=TOKEN, REPLAY_MAX_ROWS=50)
+    gone = [api.send_alarm(en(f"Gone {i}"), audience="everyone") for i in range(30)]
+    Alarm.objects.filter(pk__in=[a.pk for a in gone]).delete()
+    live = api.send_alarm(en("Live"), audience="everyone")
+    assert AlarmChange.objects.count() > 50
+    # "0-0" names the start of the journal: more rows than a replay may read.
+    assert resumed(server, "0-0") == [("alarm", live.pk)]  # the snapshot: no retract
+    assert metric(server, "alarms_resumes_snapshot_total", TOKEN) == 1
+    assert metric(server, "alarms_resumes_total", TOKEN) == 0
+
+
+def test_a_resume_names_no_alarm_the_reader_could_not_have_seen(server, make_user):
+    staff = make_user("sam", is_staff=True)
+    on_screen = api.send_alarm(en("On screen"), audience="everyone")
+    with open_stream(server) as stream:  # an anonymous reader
+        assert stream.next_event(10).json()["id"] == on_screen.pk
+        last_id = stream.last_event_id
+    # While the reader is away:
+    later = timezone.now() + timedelta(hours=1)
+    scheduled = api.send_alarm(en("Scheduled"), audience="everyone", publish_at=later)
+    scheduled.level = "warning"
+    scheduled.save()  # changed, still not published
+    staff_only = api.send_alarm(en("Staff only"), audience="staff")
+    staff_only.delete()
+    theirs = api.send_alarm(en("Theirs"), users=[staff])
+    theirs.delete()
+    api.withdraw([api.send_alarm(en("For the signed-in"), audience="authenticated")])
+    came_and_went = api.send_alarm(en("Came and went"), audience="everyone")
+    came_and_went.delete()  # published after the reader left: never on their screen
+    on_screen_id = on_screen.pk
+    on_screen.delete()  # on their screen: the one retract they need
+    assert resumed(server, last_id) == [("retract", on_screen_id)]
+
+
+def test_the_clients_time_is_floored_at_the_journals_retention(server_factory):
+    server = server_factory(JOURNAL_RETENTION_DAYS=7)
+    long_ago = timezone.now() - timedelta(days=30)
+    api.send_alarm(
+        en("Old"),
+        audience="everyone",
+        publish_at=long_ago,
+        expires_at=long_ago + timedelta(hours=1),
+    )
+    live = api.send_alarm(en("Live"), audience="everyone")
+    with open_stream(server) as stream:
+        assert stream.next_event(10).json()["id"] == live.pk
+        seq = stream.last_event_id.partition("-")[0]
+    # A client that claims to have been away since 1970 is not told of every
+    # alarm that expired since then, only of what the journal's retention covers.
+    assert resumed(server, f"{seq}-0") == [("alarm", live.pk)]  # no retract of "Old"
