@@ -17,11 +17,13 @@ broker polls every ``POLL_INTERVAL``.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.suite import run_test
+
 TEST = "tests/e2e/test_access.py::test_each_change_reaches_the_stream_every_time"
 
 
@@ -29,10 +31,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tries", type=int, default=20, help="default: %(default)s")
     args = parser.parse_args()
-    os.environ["ALARMS_ACCESS_TRIES"] = str(args.tries)
-    os.chdir(ROOT)
-    command = [sys.executable, "-m", "pytest", TEST, "-s", "-q", "-p", "no:cacheprovider"]
-    os.execv(sys.executable, command)
+    run_test(TEST, ALARMS_ACCESS_TRIES=str(args.tries))
+    return 0
 
 
 if __name__ == "__main__":

@@ -21,11 +21,13 @@ PostgreSQL); without it the run is on SQLite.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.suite import run_test
+
 TEST = "tests/e2e/test_faults.py::test_connect_disconnect_cycles_leave_nothing_behind"
 
 
@@ -33,10 +35,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cycles", type=int, default=100_000, help="default: %(default)s")
     args = parser.parse_args()
-    os.environ["ALARMS_CYCLES"] = str(args.cycles)
-    os.chdir(ROOT)
-    command = [sys.executable, "-m", "pytest", TEST, "-s", "-q", "-p", "no:cacheprovider"]
-    os.execv(sys.executable, command)
+    run_test(TEST, ALARMS_CYCLES=str(args.cycles))
+    return 0
 
 
 if __name__ == "__main__":
