@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import random
@@ -12,6 +13,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
+from http.cookies import SimpleCookie
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +95,27 @@ def read_metrics(url: str, token: str) -> dict[str, float]:
             name, _, value = line.rpartition(" ")
             found[name] = float(value)
     return found
+
+
+def http_request(
+    port: int, method: str, path: str, headers: dict[str, str], body: bytes | None = None
+) -> tuple[int, http.client.HTTPMessage, bytes]:
+    """One request to 127.0.0.1:port: status, headers and body, whatever the status."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request(method, path, body=body, headers=headers)
+        response = connection.getresponse()
+        return response.status, response.headers, response.read()
+    finally:
+        connection.close()
+
+
+def csrf_cookie(set_cookie_headers: Sequence[str]) -> str:
+    """The CSRF token from a response's Set-Cookie headers."""
+    cookies: SimpleCookie = SimpleCookie()
+    for header in set_cookie_headers:
+        cookies.load(header)
+    return cookies["csrftoken"].value
 
 
 def database_url() -> str:

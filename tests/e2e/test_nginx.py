@@ -20,14 +20,21 @@ import socket
 import subprocess
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from http.cookies import SimpleCookie
 from pathlib import Path
 from typing import IO, Any
 
 import pytest
 
 from alarms import api
-from tests.e2e.conftest import ROOT, Server, free_port, stop_process, wait_listening
+from tests.e2e.conftest import (
+    ROOT,
+    Server,
+    csrf_cookie,
+    free_port,
+    http_request,
+    stop_process,
+    wait_listening,
+)
 from tests.e2e.test_stream import en, metric, wait_for
 from tests.sse import Event, Parser, Stream
 
@@ -210,20 +217,7 @@ def stream_from(address: str, url: str, **headers: str) -> Stream:
 def request(
     nginx: Nginx, method: str, path: str, headers: dict[str, str], body: bytes | None = None
 ) -> tuple[int, http.client.HTTPMessage, bytes]:
-    connection = http.client.HTTPConnection("127.0.0.1", nginx.port, timeout=10)
-    try:
-        connection.request(method, path, body=body, headers=headers)
-        response = connection.getresponse()
-        return response.status, response.headers, response.read()
-    finally:
-        connection.close()
-
-
-def csrf_cookie(set_cookie_headers: Sequence[str]) -> str:
-    cookies: SimpleCookie = SimpleCookie()
-    for header in set_cookie_headers:
-        cookies.load(header)
-    return cookies["csrftoken"].value
+    return http_request(nginx.port, method, path, headers, body)
 
 
 def test_the_whole_example_is_valid_nginx(tmp_path):

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import http.client
 import json
 import time
 from datetime import timedelta
-from http.cookies import SimpleCookie
 from typing import Any
 
 import pytest
@@ -14,7 +12,7 @@ from django.utils import timezone
 
 from alarms import api
 from alarms.models import AlarmReceipt
-from tests.e2e.conftest import Server
+from tests.e2e.conftest import Server, csrf_cookie, http_request
 from tests.e2e.test_stream import en, open_stream
 
 pytestmark = pytest.mark.e2e
@@ -26,27 +24,14 @@ class Page:
     def __init__(self, server: Server, cookie: tuple[str, str]) -> None:
         self.server = server
         self.cookie = cookie
-        status, headers, _ = self.request("GET", "/", {"Cookie": "=".join(cookie)})
+        status, headers, _ = http_request(server.port, "GET", "/", {"Cookie": "=".join(cookie)})
         assert status == 200
-        jar: SimpleCookie = SimpleCookie()
-        for header in headers.get_all("Set-Cookie") or []:
-            jar.load(header)
-        self.token = jar["csrftoken"].value
-
-    def request(
-        self, method: str, path: str, headers: dict[str, str], body: bytes | None = None
-    ) -> tuple[int, http.client.HTTPMessage, bytes]:
-        connection = http.client.HTTPConnection("127.0.0.1", self.server.port, timeout=10)
-        try:
-            connection.request(method, path, body=body, headers=headers)
-            response = connection.getresponse()
-            return response.status, response.headers, response.read()
-        finally:
-            connection.close()
+        self.token = csrf_cookie(headers.get_all("Set-Cookie") or [])
 
     def dismiss(self, *ids: int) -> Any:
         name, value = self.cookie
-        status, _, body = self.request(
+        status, _, body = http_request(
+            self.server.port,
             "POST",
             "/alarms/dismiss/",
             {
