@@ -21,6 +21,7 @@ deleted: their streams are authorised again from their sessions) and
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterable
 from typing import Any
 
@@ -48,7 +49,8 @@ def record(
     from alarms.models import AlarmChange
 
     ids = sorted(set(alarm_ids))
-    rows = [AlarmChange(alarm_id=i, kind=kind, user_id=user_id, detail=detail) for i in ids]
+    text = json.dumps(detail, separators=(",", ":")) if detail else ""
+    rows = [AlarmChange(alarm_id=i, kind=kind, user_id=user_id, detail=text) for i in ids]
     _write(rows, using)
 
 

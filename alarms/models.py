@@ -220,7 +220,9 @@ class AlarmChange(models.Model):
     # For an alarm's deletion: its audience and publication time
     # (alarms.journal.deletion_detail), so a resume retracts it only for readers
     # who may have had it on screen.
-    detail = models.JSONField(_("detail"), null=True, blank=True)
+    # JSON text, not a JSONField: that field's system check needs a database
+    # connection, and the journal is read by the broker only.
+    detail = models.TextField(_("detail"), blank=True, default="")
     created_at = models.DateTimeField(_("created at"), default=timezone.now, db_index=True)
 
     class Meta:

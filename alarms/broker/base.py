@@ -17,6 +17,7 @@ import contextlib
 import gc
 import heapq
 import itertools
+import json
 import logging
 import os
 import signal
@@ -841,7 +842,7 @@ class BaseBroker:
         rows = journal.filter(id__gt=seq, id__lte=head, kind__in=("alarm", "dismiss")).values_list(
             "alarm_id", "kind", "user_id", "detail"
         )
-        deleted: dict[int, dict[str, Any]] = {}
+        deleted: dict[int, str] = {}
         for alarm_id, kind, row_user, detail in rows:
             if kind == "alarm":
                 missed.changed.add(alarm_id)
@@ -901,10 +902,11 @@ class Missed:
     retract: set[int] = field(default_factory=set)
 
 
-def _deleted_alarm(alarm_id: int, detail: dict[str, Any]) -> CachedAlarm | None:
+def _deleted_alarm(alarm_id: int, text: str) -> CachedAlarm | None:
     """A deleted alarm as far as a resume needs it, from its journal row's detail
-    (``alarms.journal.deletion_detail``)."""
+    (``alarms.journal.deletion_detail``, as JSON)."""
     try:
+        detail = json.loads(text)
         return CachedAlarm(
             id=alarm_id,
             level="",
@@ -916,7 +918,7 @@ def _deleted_alarm(alarm_id: int, detail: dict[str, Any]) -> CachedAlarm | None:
             group_ids=frozenset(int(g) for g in detail.get("groups", ())),
             translations={},
         )
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, AttributeError):
         return None
 
 
