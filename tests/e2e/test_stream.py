@@ -237,6 +237,14 @@ def test_language_override_and_fallback(server, make_user, session_cookie):
         assert stream.next_event(3).json()["language"] == "ar"
 
 
+@pytest.mark.parametrize("tag", ["ko_KR", "KO-kr", "ko_kr"])
+def test_underscore_and_any_case_tags_are_understood(server, tag):
+    texts = {"en": {"title": "Hello", "message": "m"}, "ko": {"title": "안녕", "message": "ㅁ"}}
+    api.send_alarm(texts, audience="everyone")
+    with Stream(f"{server.url}/alarms/stream/?lang={tag}") as stream:
+        assert stream.next_event(10).json()["language"] == "ko"
+
+
 def test_disconnect_frees_the_stream(server_factory, make_user, session_cookie):
     server = server_factory(METRICS_TOKEN="t0ken")
     user = make_user("ida")
