@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import urljoin
 
@@ -16,10 +16,15 @@ from django.utils import translation
 from django.utils.crypto import salted_hmac
 from django.utils.html import format_html
 from django.utils.safestring import SafeString, mark_safe
-from django.utils.translation import gettext
+from django.utils.translation import gettext, ngettext, trans_real
 
 from alarms.cors import normalise_origin
 from alarms.models import Alarm, Level
+
+try:  # Django 6.0+: its ContentSecurityPolicyMiddleware keeps the nonce on the request.
+    from django.middleware.csp import get_nonce as _django_nonce
+except ImportError:  # Django 5.2 has no CSP of its own (django-csp sets request.csp_nonce).
+    _django_nonce = None
 
 register = template.Library()
 
@@ -33,13 +38,61 @@ BELL = (
 )
 
 
-def labels() -> dict[str, str]:
-    """The client's words, in the page's language."""
+# Gettext's rule when a catalogue names none, which Django's ngettext then follows.
+GERMANIC = "n != 1"
+# A count the client shows ("+N more") is below this; a plural form that no
+# smaller count selects (Czech's for fractions, French's for millions) is sent
+# as None, and the client takes the last form for it.
+PLURAL_SEARCH = 1000
+
+
+def plural_rule() -> tuple[str, int, Callable[[int], int]]:
+    """The active language's Plural-Forms rule: its C expression, nplurals, and the rule itself.
+
+    The client picks a plural form with the same rule Django's ngettext uses
+    on the server, for any count: the catalogue's own expression, which
+    alarms.js evaluates (JavaScriptCatalog sends it as code; this app sends
+    data, for a strict CSP). Read from the translation Django uses for the
+    language (GNUTranslations.info()); without I18N, Django's ngettext is
+    English's.
+    """
+    if not settings.USE_I18N:
+        return GERMANIC, 2, lambda n: int(n != 1)
+    catalogue = trans_real.translation(translation.get_language() or settings.LANGUAGE_CODE)
+    header = dict(
+        part.strip().split("=", 1)
+        for part in catalogue.info().get("plural-forms", "").split(";")
+        if "=" in part
+    )
+    expression = header.get("plural", "").strip() or GERMANIC
+    try:
+        count = int(header.get("nplurals", ""))
+    except ValueError:
+        count = 2
+    return expression, count, catalogue.plural
+
+
+def plural_samples(count: int, rule: Callable[[int], int]) -> list[int | None]:
+    """For each plural form, the smallest count that selects it (None if none below the search)."""
+    first: dict[int, int] = {}
+    for n in range(PLURAL_SEARCH):
+        first.setdefault(int(rule(n)), n)
+    return [first.get(index) for index in range(count)]
+
+
+def labels() -> dict[str, Any]:
+    """The client's words, in the page's language; plural words as a list of forms."""
+    _expression, count, rule = plural_rule()
+    samples = plural_samples(count, rule)
     return {
         "region": gettext("Alarms"),
         "dismiss": gettext("Dismiss"),
         "open": gettext("Open"),
-        "more": gettext("+%(count)s more"),
+        # Every form, in the catalogue's order, from Django's catalogue.
+        "more": [
+            None if n is None else ngettext("+%(count)s more", "+%(count)s more", n)
+            for n in samples
+        ],
         "fewer": gettext("Show fewer"),
         # The level names the models already translate.
         **{level: str(name) for level, name in Level.choices},
@@ -50,6 +103,24 @@ def _nonce(nonce: str | None) -> SafeString | str:
     return format_html(' nonce="{}"', nonce) if nonce else ""
 
 
+def csp_nonce(context: template.Context, request: Any) -> str | None:
+    """The nonce of the host's Content-Security-Policy for this response, if it uses one.
+
+    Django 6's own (``csp_nonce`` from its ``csp`` context processor, else the
+    request's) or django-csp's ``request.csp_nonce`` on Django 5.2. All are
+    lazy: false until read, and only a nonce that was read goes into the
+    header. So they are compared with None and read with str(), never tested
+    for truth.
+    """
+    found = [context.get("csp_nonce"), getattr(request, "csp_nonce", None)]
+    if _django_nonce is not None:
+        found.append(_django_nonce(request))
+    for nonce in found:
+        if nonce is not None and str(nonce):
+            return str(nonce)
+    return None
+
+
 def toasts_html(
     *,
     css_url: str,
@@ -57,12 +128,14 @@ def toasts_html(
     stream_url: str,
     seen_url: str,
     dismiss_url: str,
+    payloads_url: str = "",
     csrf_token: str,
     csrf_cookie: str,
     language: str,
     authenticated: bool,
     scope: str,
-    words: Mapping[str, str],
+    words: Mapping[str, Any],
+    plural_expression: str = GERMANIC,
     auto_hide: int = 6000,
     max_visible: int = 3,
     nonce: str | None = None,
@@ -73,9 +146,11 @@ def toasts_html(
         '<div class="alarms-region" id="{region}" aria-label="{region_label}"></div>'
         '<script src="{js}" defer{nonce}'
         ' data-stream-url="{stream}" data-seen-url="{seen}" data-dismiss-url="{dismiss}"'
+        ' data-payloads-url="{payloads}"'
         ' data-csrf-token="{csrf}" data-csrf-cookie="{csrf_cookie}" data-language="{lang}"'
         ' data-authenticated="{auth}" data-scope="{scope}" data-auto-hide="{auto_hide}"'
-        ' data-max-visible="{max_visible}" data-region="{region}" data-labels="{labels}"></script>',
+        ' data-max-visible="{max_visible}" data-region="{region}" data-labels="{labels}"'
+        ' data-plural-rule="{plural_rule}"></script>',
         css=css_url,
         js=js_url,
         nonce=_nonce(nonce),
@@ -84,6 +159,7 @@ def toasts_html(
         stream=stream_url,
         seen=seen_url,
         dismiss=dismiss_url,
+        payloads=payloads_url,
         csrf=csrf_token,
         csrf_cookie=csrf_cookie,
         lang=language,
@@ -92,6 +168,7 @@ def toasts_html(
         auto_hide=int(auto_hide),
         max_visible=int(max_visible),
         labels=json.dumps(dict(words), ensure_ascii=False, sort_keys=True),
+        plural_rule=plural_expression,
     )
 
 
@@ -147,6 +224,7 @@ def alarms_toasts(
         stream_url=endpoint("alarms:stream", origin),
         seen_url=endpoint("alarms:seen", origin),
         dismiss_url=endpoint("alarms:dismiss", origin),
+        payloads_url=endpoint("alarms:payloads", origin),
         # Another origin needs no token from this one (nor a CSRF cookie set for it).
         csrf_token="" if origin else get_token(request),
         csrf_cookie="" if origin or settings.CSRF_USE_SESSIONS else settings.CSRF_COOKIE_NAME,
@@ -154,9 +232,10 @@ def alarms_toasts(
         authenticated=bool(getattr(user, "is_authenticated", False)),
         scope=user_scope(user),
         words=labels(),
+        plural_expression=plural_rule()[0],
         auto_hide=auto_hide,
         max_visible=max_visible,
-        nonce=getattr(request, "csp_nonce", None),
+        nonce=csp_nonce(context, request),
     )
 
 

@@ -32,6 +32,7 @@
   var config = {
     streamUrl: ds.streamUrl,
     seenUrl: ds.seenUrl,
+    payloadsUrl: ds.payloadsUrl,
     dismissUrl: ds.dismissUrl,
     csrfToken: ds.csrfToken || "",
     csrfCookie: ds.csrfCookie || "",
@@ -41,7 +42,8 @@
     autoHide: toInt(ds.autoHide, 6000),
     maxVisible: Math.max(1, toInt(ds.maxVisible, 3)),
     region: ds.region || "alarms-region",
-    labels: parseJSON(ds.labels, {})
+    labels: parseJSON(ds.labels, {}),
+    pluralRule: ds.pluralRule || ""
   };
   if (!config.streamUrl) {
     return;
@@ -60,6 +62,148 @@
   function label(name, fallback) {
     var value = config.labels[name];
     return typeof value === "string" && value ? value : fallback;
+  }
+
+  // A word with plural forms: the tag sends the catalogue's forms in the
+  // catalogue's order, and its Plural-Forms rule, which picks one for a count.
+  function plural(name, count, fallback) {
+    var forms = config.labels[name];
+    if (!Array.isArray(forms) || !forms.length) {
+      return fallback;
+    }
+    var form = forms[pluralIndex(count)];
+    // A form no whole count below a thousand selects (Czech's for fractions)
+    // comes as null: the last form is the general one.
+    if (typeof form !== "string" || !form) {
+      form = forms[forms.length - 1];
+    }
+    return typeof form === "string" && form ? form : fallback;
+  }
+
+  var pluralRule = null;
+
+  function pluralIndex(count) {
+    if (pluralRule === null) {
+      try {
+        pluralRule = compilePlural(config.pluralRule || "n != 1");
+      } catch (e) {
+        pluralRule = compilePlural("n != 1");
+      }
+    }
+    return pluralRule(count);
+  }
+
+  // Gettext's Plural-Forms expression (C syntax: "n==0 ? 0 : n==1 ? 1 : ...",
+  // Arabic has six forms) read by a small parser into a function of n. Not
+  // eval or new Function: a strict Content-Security-Policy forbids both.
+  var BINARY = [["||"], ["&&"], ["==", "!="], ["<", ">", "<=", ">="], ["+", "-"], ["*", "/", "%"]];
+
+  function compilePlural(source) {
+    var tokens = String(source).match(/\d+|n|&&|\|\||[<>!=]=|[-+*\/%()?:<>!]|\S/g) || [];
+    var at = 0;
+    function peek() {
+      return tokens[at];
+    }
+    function take(wanted) {
+      var token = tokens[at++];
+      if (wanted !== undefined && token !== wanted) {
+        throw new Error("bad plural rule");
+      }
+      return token;
+    }
+    function operand() {
+      var token = take();
+      if (token === "n") {
+        return function (n) {
+          return n;
+        };
+      }
+      if (/^\d+$/.test(token || "")) {
+        var value = parseInt(token, 10);
+        return function () {
+          return value;
+        };
+      }
+      if (token === "!") {
+        var inner = operand();
+        return function (n) {
+          return inner(n) ? 0 : 1;
+        };
+      }
+      if (token === "(") {
+        var grouped = conditional();
+        take(")");
+        return grouped;
+      }
+      throw new Error("bad plural rule");
+    }
+    function binary(level) {
+      if (level === BINARY.length) {
+        return operand();
+      }
+      var left = binary(level + 1);
+      while (BINARY[level].indexOf(peek()) !== -1) {
+        left = combine(take(), left, binary(level + 1));
+      }
+      return left;
+    }
+    function conditional() {
+      var test = binary(0);
+      if (peek() !== "?") {
+        return test;
+      }
+      take("?");
+      var yes = conditional();
+      take(":");
+      var no = conditional();
+      return function (n) {
+        return test(n) ? yes(n) : no(n);
+      };
+    }
+    var rule = conditional();
+    if (at !== tokens.length) {
+      throw new Error("bad plural rule");
+    }
+    return function (n) {
+      var index = rule(Math.abs(Math.floor(n)));
+      return isFinite(index) ? index : 0;
+    };
+  }
+
+  // C semantics on whole numbers: comparisons give 1 or 0, division truncates.
+  function combine(op, a, b) {
+    return function (n) {
+      var x = a(n);
+      var y = b(n);
+      switch (op) {
+        case "||":
+          return x || y ? 1 : 0;
+        case "&&":
+          return x && y ? 1 : 0;
+        case "==":
+          return x === y ? 1 : 0;
+        case "!=":
+          return x !== y ? 1 : 0;
+        case "<":
+          return x < y ? 1 : 0;
+        case ">":
+          return x > y ? 1 : 0;
+        case "<=":
+          return x <= y ? 1 : 0;
+        case ">=":
+          return x >= y ? 1 : 0;
+        case "+":
+          return x + y;
+        case "-":
+          return x - y;
+        case "*":
+          return x * y;
+        case "/":
+          return y ? Math.trunc(x / y) : 0;
+        default:
+          return y ? x % y : 0;
+      }
+    };
   }
 
   function emit(name, detail, cancelable) {
@@ -87,6 +231,27 @@
         window.localStorage.setItem(PREFIX + name, JSON.stringify(value));
       } catch (e) {
         /* private mode or full: the in-memory state still works */
+      }
+    }
+  };
+
+  // What this tab shows, kept in sessionStorage: it outlives a navigation in
+  // the same tab (the language form reloads the page) and no other tab sees it.
+  var tabStore = {
+    key: PREFIX + "shown",
+    get: function () {
+      try {
+        var list = parseJSON(window.sessionStorage.getItem(this.key), []);
+        return Array.isArray(list) ? list : [];
+      } catch (e) {
+        return [];
+      }
+    },
+    set: function (ids) {
+      try {
+        window.sessionStorage.setItem(this.key, JSON.stringify(ids));
+      } catch (e) {
+        /* without it a language switch cannot restore this tab's toasts */
       }
     }
   };
@@ -388,6 +553,12 @@
   var leader = false;
   var source = null;
   var streamLanguage = "";
+  // The language alarm texts are shown in on this page: the page's own at
+  // first, then the one the user switched to in any tab (the page's words
+  // stay in the page's language until it reloads).
+  var alarmLanguage = config.language;
+  var pending = new Map(); // id -> refresh generation, for payloads asked for again
+  var generation = 0;
   var opened = false;
   var attempt = 0;
   var reopenTimer = null;
@@ -448,6 +619,7 @@
   }
 
   function forget(id) {
+    pending.delete(id); // an answer on its way must not bring it back
     var had = known.delete(id);
     badges.remove(id);
     markItems(id);
@@ -502,6 +674,7 @@
         if (leader) {
           greet(message);
         }
+        follow(message.language);
         break;
       case "sync":
         if (message.to === TAB) {
@@ -509,7 +682,11 @@
             lastEventId = message.lastEventId;
           }
           (message.alarms || []).forEach(function (data) {
-            handle("alarm", data, true);
+            // Only what this page lacks: the leader's copy may be older than
+            // what the stream or the server has given this page meanwhile.
+            if (data && !toasts.has(data.id) && !pending.has(data.id)) {
+              handle("alarm", data, true);
+            }
           });
         }
         break;
@@ -521,19 +698,98 @@
   // A new page said hello: give it what it should show, and follow its
   // language (the newest page speaks the language the user chose last).
   function greet(message) {
+    var switching = !!message.language && message.language !== streamLanguage;
     var critical = [];
     known.forEach(function (data) {
       if (data.level === "critical" && !dismissedIds.has(data.id)) {
         critical.push(data);
       }
     });
-    channel.post({ type: "sync", to: message.tab, alarms: critical, lastEventId: lastEventId });
-    if (message.language && message.language !== streamLanguage) {
+    // After a switch the leader's copies are in the old language: the
+    // reopened stream sends the critical alarms again, in the new one.
+    channel.post({
+      type: "sync",
+      to: message.tab,
+      alarms: switching ? [] : critical,
+      lastEventId: lastEventId
+    });
+    if (switching) {
       streamLanguage = message.language;
       // A fresh connect (no last id): the server re-sends what is still live,
       // in the new language, and toasts on screen are updated in place.
       openStream(false);
     }
+  }
+
+  // -- the same alarms in another language --------------------------------------
+
+  // The user chose another language in some tab (its new page said hello):
+  // show what this page shows in that language.
+  function follow(language) {
+    if (!language || language === alarmLanguage) {
+      return;
+    }
+    alarmLanguage = language;
+    refresh(Array.from(toasts.keys()), false);
+  }
+
+  // Asks the server for the payloads of `ids` in this page's alarm language.
+  // Each page asks for what it shows itself: the stream cannot tell, since its
+  // snapshot leaves out the non-critical alarms the user has seen, and no other
+  // tab knows what this one shows. An alarm on screen is redrawn in place;
+  // with `restore`, one the page before this in the tab showed is shown again.
+  function refresh(ids, restore) {
+    ids = ids.filter(function (id) {
+      return typeof id === "number" && isFinite(id) && !dismissedIds.has(id);
+    });
+    if (!ids.length || !config.payloadsUrl || !window.fetch) {
+      return;
+    }
+    generation += 1;
+    var mine = generation;
+    var language = alarmLanguage;
+    ids.forEach(function (id) {
+      pending.set(id, mine);
+    });
+    for (var i = 0; i < ids.length; i += 200) {
+      applyPayloads(ids.slice(i, i + 200), ids, language, mine, restore);
+    }
+  }
+
+  function applyPayloads(batch, order, language, mine, restore) {
+    var url = new URL(config.payloadsUrl, window.location.href);
+    url.searchParams.set("ids", batch.join(","));
+    url.searchParams.set("lang", language);
+    var cross = isCrossOrigin(url.href);
+    window
+      .fetch(url.toString(), {
+        mode: cross ? "cors" : "same-origin",
+        credentials: cross ? "include" : "same-origin"
+      })
+      .then(function (response) {
+        return response.ok ? response.json() : null;
+      })
+      .catch(function () {
+        return null; // these stay in the language they were in
+      })
+      .then(function (body) {
+        var list = body && Array.isArray(body.alarms) ? body.alarms.filter(validPayload) : [];
+        // Oldest first, as they were shown, so that the newest ends on top.
+        list.sort(function (a, b) {
+          return order.indexOf(a.id) - order.indexOf(b.id);
+        });
+        list.forEach(function (data) {
+          // Dropped meanwhile (dismissed, retracted) or asked for again since.
+          if (pending.get(data.id) === mine && language === alarmLanguage) {
+            handle("alarm", data, restore);
+          }
+        });
+        batch.forEach(function (id) {
+          if (pending.get(id) === mine) {
+            pending.delete(id);
+          }
+        });
+      });
   }
 
   // -- the stream (leader only) ------------------------------------------------
@@ -625,6 +881,7 @@
     leader = true;
     attempt = 0;
     streamLanguage = store.get("language", "") || config.language;
+    follow(streamLanguage);
     // A tab that has seen events resumes after the last one; a fresh page asks
     // for everything the user should still see.
     openStream(!!lastEventId);
@@ -796,6 +1053,7 @@
     });
 
     toasts.set(data.id, toast);
+    tabStore.set(Array.from(toasts.keys()));
     shownHere.add(data.id);
     stack.insertBefore(node, stack.firstChild); // newest on top
     seenIds.local.add(data.id); // the leader stores and reports it
@@ -905,7 +1163,7 @@
       moreButton.hidden = false;
       moreButton.setAttribute("aria-expanded", "true");
     } else if (hiddenCount > 0) {
-      moreButton.textContent = label("more", "+%(count)s more").replace(
+      moreButton.textContent = plural("more", hiddenCount, "+%(count)s more").replace(
         "%(count)s",
         String(hiddenCount)
       );
@@ -923,6 +1181,7 @@
       return;
     }
     toasts.delete(id);
+    tabStore.set(Array.from(toasts.keys()));
     stopTimer(toast);
     toast.closing = true;
     var node = toast.node;
@@ -1069,7 +1328,7 @@
       return {
         leader: leader,
         streaming: !!source && opened,
-        language: leader ? streamLanguage : config.language,
+        language: leader ? streamLanguage : alarmLanguage,
         lastEventId: lastEventId,
         shown: Array.from(toasts.keys())
       };
@@ -1077,9 +1336,17 @@
   };
 
   function init() {
+    // The language this user's pages spoke until now (start() sets this page's).
+    var previous = store.get("language", "");
     ensureRegion();
     badges.init();
     start();
+    if (previous && previous !== config.language) {
+      // This page replaces one of this tab in another language (the language
+      // form reloads the page): show again what that page showed, in this
+      // page's language, seen or not.
+      refresh(tabStore.get(), true);
+    }
   }
 
   if (document.readyState === "loading") {

@@ -1,0 +1,77 @@
+"""``GET /alarms/payloads/?ids=3,7&lang=ar``: given alarms as the stream would send them.
+
+A page that switches language must show again, in the new language, every
+alarm it shows. The stream cannot do that: its snapshot leaves out what the
+user has seen (except critical alarms), and a seen warning may still be on
+screen. So each page asks here for the ids it shows. The answer is what the
+stream would send this reader now: live alarms they may see and have not
+dismissed, each as the broker's payload for their language.
+"""
+
+from __future__ import annotations
+
+from django.http import HttpRequest, JsonResponse
+from django.utils.cache import patch_vary_headers
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET
+
+from alarms import events
+from alarms.broker.base import CachedAlarm
+from alarms.models import Alarm
+from alarms.views.receipts import MAX_BATCH
+from alarms.views.stream import stream_language
+
+
+def _ids(raw: str) -> list[int]:
+    parts = raw.split(",") if raw else []
+    if not parts:
+        raise ValueError("Name the alarms as ids=1,2,3.")
+    if len(parts) > MAX_BATCH:
+        raise ValueError(f"At most {MAX_BATCH} ids per request.")
+    ids = []
+    for index, value in enumerate(parts):
+        try:
+            ids.append(events.parse_id(value))
+        except events.InvalidId as exc:
+            # The position, not the value: nothing the client sent is echoed back.
+            raise ValueError(f"ids[{index}] is not an alarm id. {exc}") from None
+    return ids
+
+
+@never_cache
+@require_GET
+def payloads(request: HttpRequest) -> JsonResponse:
+    try:
+        ids = _ids(request.GET.get("ids", ""))
+    except ValueError as exc:
+        return JsonResponse({"error": str(exc)}, status=400)
+    language = stream_language(request)
+    # The stream's rule: live, visible to this user, not dismissed by them.
+    alarms = (
+        Alarm.objects.for_user(request.user)
+        .filter(pk__in=ids)
+        .prefetch_related("translations")
+        .order_by("publish_at", "pk")
+    )
+    found = [_cached(alarm).payload(language) for alarm in alarms]
+    response = JsonResponse({"language": language, "alarms": found})
+    response["Content-Language"] = language
+    patch_vary_headers(response, ("Cookie", "Accept-Language"))
+    return response
+
+
+def _cached(alarm: Alarm) -> CachedAlarm:
+    # The broker's own payload builder, so that the shape (and the choice of
+    # translation and direction) has one home. Visibility was decided by the
+    # query above, so the audience's members are not loaded.
+    return CachedAlarm(
+        id=alarm.pk,
+        level=alarm.level,
+        audience=alarm.audience,
+        url=alarm.url,
+        publish_at=alarm.publish_at,
+        expires_at=alarm.expires_at,
+        user_ids=frozenset(),
+        group_ids=frozenset(),
+        translations={t.language_code: (t.title, t.message) for t in alarm.translations.all()},
+    )
