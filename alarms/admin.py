@@ -115,6 +115,9 @@ class AlarmTranslationInline(admin.StackedInline):
 
 @admin.register(Alarm)
 class AlarmAdmin(admin.ModelAdmin):
+    class Media:
+        css = {"all": ("alarms/admin.css",)}
+
     form = AlarmAdminForm
     inlines = (AlarmTranslationInline,)
     list_display = (
@@ -227,11 +230,12 @@ class AlarmAdmin(admin.ModelAdmin):
             '<div class="alarms-admin-preview">{}</div>',
             format_html_join(
                 "",
-                '<section style="margin:0 0 1em"><h4>{} <small>{}</small></h4>'
-                '<div lang="{}" dir="{}" class="alarms-admin-preview-{}" '
-                'style="border:1px solid var(--hairline-color,#ccc);padding:.5em 1em;'
-                'max-width:40em"><strong>{}</strong>'
-                '<p style="white-space:pre-line;margin:.25em 0 0">{}</p></div></section>',
+                # Styled by alarms/admin.css (Media): no style attribute, which a
+                # strict Content-Security-Policy refuses.
+                '<section class="alarms-admin-preview__lang"><h4>{} <small>{}</small></h4>'
+                '<div lang="{}" dir="{}" class="alarms-admin-preview__card '
+                'alarms-admin-preview-{}"><strong>{}</strong>'
+                '<p class="alarms-admin-preview__message">{}</p></div></section>',
                 rows,
             ),
         )

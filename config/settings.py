@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import django
 import environ
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.translation import gettext_lazy as _
@@ -157,6 +158,49 @@ if not DEBUG:
         SILENCED_SYSTEM_CHECKS = ["security.W021"]
     SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
+
+# ---------------------------------------------------------------------------
+# Content-Security-Policy: strict. Scripts and styles come from this origin,
+# or carry the response's nonce ({% alarms_toasts %} puts it on its tags);
+# no inline script, event handler or style attribute, no eval, no plugins,
+# no framing. Django 6 sends it with its own middleware; Django 5.2 has none,
+# so there django-csp does (requirements.txt installs it where pip picks 5.2).
+# A page that uses the alarms of another origin ({% alarms_toasts origin=... %})
+# must add that origin to connect-src.
+# DJANGO_CSP_ALLOW_EVAL (default: DEBUG) adds 'unsafe-eval' and nothing else:
+# browser tools and test drivers evaluate strings in the page (Playwright's
+# wait_for_function with an expression). Inline code stays blocked.
+# ---------------------------------------------------------------------------
+csp_allow_eval = env.bool("DJANGO_CSP_ALLOW_EVAL", default=DEBUG)
+
+
+def _csp_directives(nonce: object) -> dict[str, list[object]]:
+    # ``nonce``: the library's marker, replaced by each response's nonce.
+    return {
+        "default-src": ["'self'"],
+        "script-src": ["'self'", nonce, *(["'unsafe-eval'"] if csp_allow_eval else [])],
+        "style-src": ["'self'", nonce],
+        "img-src": ["'self'"],
+        "connect-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'none'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+    }
+
+
+if django.VERSION >= (6, 0):
+    from django.utils import csp as django_csp
+
+    MIDDLEWARE.insert(1, "django.middleware.csp.ContentSecurityPolicyMiddleware")
+    # {{ csp_nonce }} in templates, as the admin's own {% csp_nonce_attr %} reads it.
+    TEMPLATES[0]["OPTIONS"]["context_processors"].append("django.template.context_processors.csp")
+    SECURE_CSP = _csp_directives(django_csp.CSP.NONCE)
+else:
+    from csp import constants as csp_constants
+
+    MIDDLEWARE.insert(1, "csp.middleware.CSPMiddleware")
+    CONTENT_SECURITY_POLICY = {"DIRECTIVES": _csp_directives(csp_constants.NONCE)}
 
 # ---------------------------------------------------------------------------
 # Logging

@@ -172,3 +172,40 @@ def leader_of(pages: list[Any], timeout: float = 5.0) -> Any:
                 return page
         time.sleep(0.05)
     raise AssertionError("no page holds an open alarm stream")
+
+
+# -- Content-Security-Policy ----------------------------------------------------
+
+# Init scripts run before the page's own and are not subject to its policy.
+CSP_WATCH = """
+window.__cspViolations = [];
+document.addEventListener("securitypolicyviolation", (e) => {
+  window.__cspViolations.push(
+    `${e.effectiveDirective} blocked ${e.blockedURI || "inline"} at ${e.sourceFile}:${e.lineNumber}`
+  );
+});
+"""
+
+
+@dataclass
+class CSPWatch:
+    """Violations of the page's Content-Security-Policy in one browser context."""
+
+    console: list[str] = field(default_factory=list)
+
+    def attach(self, context: Any) -> None:
+        context.add_init_script(CSP_WATCH)
+
+        def on_console(message: Any) -> None:
+            if "Content Security Policy" in message.text:
+                self.console.append(message.text)
+
+        context.on("console", on_console)
+
+    def violations(self, page: Any) -> list[str]:
+        """What ``page`` reported (its events) plus what any page logged."""
+        return [*page.evaluate("window.__cspViolations || []"), *self.console]
+
+    def clear(self, page: Any) -> None:
+        page.evaluate("window.__cspViolations = []")
+        self.console.clear()
