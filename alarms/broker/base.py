@@ -19,8 +19,6 @@ import heapq
 import itertools
 import json
 import logging
-import os
-import signal
 import threading
 import time
 from collections import OrderedDict, defaultdict, deque
@@ -35,7 +33,7 @@ from django.db import Error as DatabaseError
 from django.db import connections
 from django.utils import timezone
 
-from alarms import events
+from alarms import events, runtime
 from alarms.conf import get_config
 from alarms.journal import session_digest
 from alarms.translation import choose_language, direction
@@ -315,41 +313,31 @@ class BaseBroker:
         return self._task is not None and not self._task.done()
 
     def _install_shutdown_handler(self) -> None:
-        """On SIGTERM, end every stream cleanly before the server's own handler runs.
+        """On SIGTERM or Ctrl-C, end every stream cleanly before the server's own handler runs.
 
         Each stream gets a last comment and a short, jittered ``retry:``, so its
         browser reconnects to another process at once and replays what it
         missed, instead of seeing a reset. The server's handler (daphne's)
-        runs ``SHUTDOWN_GRACE`` seconds later, or at once on a second SIGTERM.
+        runs ``SHUTDOWN_GRACE`` seconds later, or at once on a second signal.
+        Under ``runserver``'s autoreloader the streams end as the process
+        exits. See :func:`alarms.runtime.install_shutdown_handlers`.
         """
-        grace = float(self.config["SHUTDOWN_GRACE"])
         loop = self.loop
-        if grace <= 0 or loop is None or threading.current_thread() is not threading.main_thread():
+        if loop is None:
             return
-        previous = signal.getsignal(signal.SIGTERM)
 
-        def hand_over(signum: int, frame: Any) -> None:
-            signal.signal(signal.SIGTERM, previous)
-            if callable(previous):
-                previous(signum, frame)
-            elif previous == signal.SIG_DFL:
-                os.kill(os.getpid(), signal.SIGTERM)
-
-        def begin() -> None:
+        def begin(reason: str) -> None:
             self.shutting_down = True
-            logger.info("SIGTERM: closing %d streams", len(self.subscribers))
+            logger.info("%s: closing %d streams", reason, len(self.subscribers))
             for sub in list(self.subscribers):
                 sub.close("shutdown")
-            loop.call_later(grace, hand_over, signal.SIGTERM, None)
 
-        def on_sigterm(signum: int, frame: Any) -> None:
-            if self.shutting_down:
-                hand_over(signum, frame)
-            else:
-                # A signal handler may interrupt the loop anywhere: only schedule.
-                loop.call_soon_threadsafe(begin)
-
-        signal.signal(signal.SIGTERM, on_sigterm)
+        runtime.install_shutdown_handlers(
+            loop,
+            begin,
+            float(self.config["SHUTDOWN_GRACE"]),
+            drained=lambda: not self.subscribers,
+        )
 
     async def stop(self) -> None:
         if self._gc_timer is not None:
