@@ -6,9 +6,14 @@ stream is quiet for a moment reads all of them.
 
 from __future__ import annotations
 
+import asyncio
+import os
+import statistics
+import time
 from datetime import timedelta
 
 import pytest
+from django.db import connection, connections
 from django.utils import timezone
 
 from alarms import api
@@ -77,3 +82,58 @@ def test_the_clients_time_is_floored_at_the_journals_retention(server_factory):
     # A client that claims to have been away since 1970 is not told of every
     # alarm that expired since then, only of what the journal's retention covers.
     assert resumed(server, f"{seq}-0") == [("alarm", live.pk)]  # no retract of "Old"
+
+
+# Connects in flight at once; bench/flood.py runs thousands and reads the times.
+FLOOD = int(os.environ.get("ALARMS_FLOOD", "200"))
+
+
+def test_a_connect_flood_does_not_hold_back_delivery(server_factory):
+    """Resuming connects queue for the broker's database thread; its journal read does not."""
+    server = server_factory(MAX_STREAMS_PER_ADDRESS=None, REPLAY_MAX_ROWS=100_000)
+    api.send_alarm(en("Warm"), audience="everyone")
+    with open_stream(server) as reader:
+        reader.next_event(10)
+        resume = reader.last_event_id  # a real id: each connect reads the journal since
+        request = (
+            f"GET /alarms/stream/ HTTP/1.1\r\nHost: 127.0.0.1\r\nLast-Event-ID: {resume}\r\n"
+            "Accept: text/event-stream\r\n\r\n"
+        ).encode()
+
+        async def connect() -> bool:
+            r, w = await asyncio.open_connection("127.0.0.1", server.port)
+            try:
+                w.write(request)
+                head = await r.readuntil(b"\r\n\r\n")
+                await r.readuntil(b": alarms\n\n")  # the opening: the connect is done
+                return head.startswith(b"HTTP/1.1 200")
+            finally:
+                w.close()
+
+        def delivery() -> float:
+            sent = time.monotonic()
+            alarm = api.send_alarm(en("Now"), audience="everyone")
+            assert reader.next_event(30).json()["id"] == alarm.pk
+            return time.monotonic() - sent
+
+        def delivery_from_a_thread() -> float:
+            try:
+                return delivery()
+            finally:
+                connections.close_all()  # this thread's own connection
+
+        quiet = [delivery() for _ in range(3)]
+
+        async def flood() -> tuple[list[bool], list[float]]:
+            connects = [asyncio.create_task(connect()) for _ in range(FLOOD)]
+            await asyncio.sleep(0.2)  # the connects are queued at the server
+            during = [await asyncio.to_thread(delivery_from_a_thread) for _ in range(3)]
+            return list(await asyncio.gather(*connects)), during
+
+        opened, during = asyncio.run(flood())
+    assert all(opened), f"{opened.count(False)} of {FLOOD} connects refused"
+    print(
+        f"\n{FLOOD} resuming connects on {connection.vendor}: delivery to an open stream "
+        f"{statistics.median(quiet) * 1000:.0f} ms quiet, "
+        f"{statistics.median(during) * 1000:.0f} ms (max {max(during) * 1000:.0f}) meanwhile"
+    )
