@@ -243,6 +243,7 @@ def test_each_change_reaches_the_stream_every_time(server, make_user, session_co
     mia = make_user("mia")
     staff = api.send_alarm(en("Staff only"), audience="staff")
     shift = api.send_alarm(en("Boiler"), groups=[night_shift])
+    selected = api.send_alarm(en("For some"), users=[make_user("someone")])
     times: dict[str, list[float]] = {}
 
     def timed(case: str, change: Callable[[], object], arrives: Callable[[], object]) -> None:
@@ -276,13 +277,39 @@ def test_each_change_reaches_the_stream_every_time(server, make_user, session_co
             )
             timed("staff given", lambda: set_staff(True), expect(stream, "alarm", staff.pk))
             timed("staff taken", lambda: set_staff(False), expect(stream, "retract", staff.pk))
-    for _ in range(TRIES):
+            timed(
+                "selected user added",
+                lambda: selected.users.add(mia),
+                expect(stream, "alarm", selected.pk),
+            )
+            timed(
+                "selected user removed",
+                lambda: selected.users.remove(mia),
+                expect(stream, "retract", selected.pk),
+            )
+
+    def sign_out(case: str, change: Callable[[str], object]) -> None:
+        """A fresh session and stream for ``change``, which must end the stream."""
         cookie = session_cookie(mia)
         with open_stream(server, cookie) as stream:
             quiet(stream, 0.3)
-            store = import_module(settings.SESSION_ENGINE).SessionStore(cookie[1])
-            store.load()
-            timed("session flushed", store.flush, lambda s=stream: ends(s, "signed_out"))
+            timed(case, lambda: change(cookie[1]), lambda: ends(stream, "signed_out"))
+
+    def flush(key: str) -> None:
+        store = import_module(settings.SESSION_ENGINE).SessionStore(key)
+        store.load()
+        store.flush()
+
+    def set_active(value: bool) -> None:
+        mia.is_active = value
+        mia.save()
+
+    for _ in range(TRIES):
+        sign_out("session flushed", flush)
+        sign_out("logged out", lambda key: post_logout(server, (settings.SESSION_COOKIE_NAME, key)))
+        sign_out("password changed", lambda _key: (mia.set_password("x"), mia.save()))
+        sign_out("deactivated", lambda _key: set_active(False))
+        set_active(True)
     summary = "; ".join(
         f"{case} p50 {statistics.median(t) * 1000:.0f} ms, max {max(t) * 1000:.0f} ms"
         for case, t in times.items()
