@@ -433,6 +433,10 @@ def test_connect_disconnect_cycles_leave_nothing_behind(
     make_user: Callable[..., Any],
     session_cookie: Callable[[Any], tuple[str, str]],
 ) -> None:
+    if CYCLES == 0:
+        # scripts/test's Django 6 leg: the server's churn is the same code the
+        # other two legs put through it, and the leg's time is better spent elsewhere.
+        pytest.skip("ALARMS_CYCLES=0: the other legs run the cycles")
     server = server_factory(METRICS_TOKEN=TOKEN)
     assert server.process is not None
     pid = server.process.pid
