@@ -89,6 +89,20 @@ def parse_id(raw: object, *, minimum: int = 1, maximum: int = MAX_ID) -> int:
     )
 
 
+def parse_ids(values: list[object], *, limit: int) -> list[int]:
+    """A client's list of ids, each through :func:`parse_id`; ``InvalidId`` names the
+    position of the first bad one (never its value) or says the list is too long."""
+    if len(values) > limit:
+        raise InvalidId(f"At most {limit} ids per request.")
+    ids = []
+    for index, value in enumerate(values):
+        try:
+            ids.append(parse_id(value))
+        except InvalidId as exc:
+            raise InvalidId(f"ids[{index}] is not an alarm id. {exc}") from None
+    return ids
+
+
 # Beyond these a client's id cannot be ours: a journal id is a signed 64-bit
 # integer, and a time past 9999-12-31 is no datetime (a resume would fail).
 MAX_SEQUENCE = MAX_ID

@@ -80,6 +80,22 @@ class CachedAlarm:
     announced: bool = False
     _payloads: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
 
+    @classmethod
+    def from_model(cls, alarm: Any, *, members: bool = True) -> CachedAlarm:
+        """From an ``Alarm`` with its translations (and, with ``members``, its
+        users and groups) prefetched."""
+        return cls(
+            id=alarm.pk,
+            level=alarm.level,
+            audience=alarm.audience,
+            url=alarm.url,
+            publish_at=alarm.publish_at,
+            expires_at=alarm.expires_at,
+            user_ids=frozenset(u.pk for u in alarm.users.all()) if members else frozenset(),
+            group_ids=frozenset(g.pk for g in alarm.groups.all()) if members else frozenset(),
+            translations={t.language_code: (t.title, t.message) for t in alarm.translations.all()},
+        )
+
     def visible_to(self, viewer: Viewer) -> bool:
         if self.audience == "everyone":
             return True
@@ -417,20 +433,7 @@ class BaseBroker:
             qs = qs.current()
         if ids is not None:
             qs = qs.filter(pk__in=list(ids))
-        result = {}
-        for a in qs:
-            result[a.pk] = CachedAlarm(
-                id=a.pk,
-                level=a.level,
-                audience=a.audience,
-                url=a.url,
-                publish_at=a.publish_at,
-                expires_at=a.expires_at,
-                user_ids=frozenset(u.pk for u in a.users.all()),
-                group_ids=frozenset(g.pk for g in a.groups.all()),
-                translations={t.language_code: (t.title, t.message) for t in a.translations.all()},
-            )
-        return result
+        return {a.pk: CachedAlarm.from_model(a) for a in qs}
 
     def _read_changes(self, head: int) -> tuple[list[Row], dict, datetime | None]:
         from alarms.models import AlarmChange
