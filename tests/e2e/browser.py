@@ -140,7 +140,7 @@ def contexts(browser: Any) -> Iterator[Callable[..., User]]:
             context.add_cookies(cookies)
         if init_script:
             context.add_init_script(init_script)
-        context.set_default_timeout(10_000)
+        context.set_default_timeout(20_000)  # a bound against a hang on a busy machine
         log = StreamLog()
         log.attach(context)
         made.append(context)
@@ -155,7 +155,7 @@ def toast(page: Any, alarm_id: int) -> Any:
     return page.locator(f'.alarms-toast[data-alarm-id="{alarm_id}"]')
 
 
-def wait_ready(page: Any, *, leader: bool | None = None, timeout: float = 5_000) -> None:
+def wait_ready(page: Any, *, leader: bool | None = None, timeout: float = 20_000) -> None:
     """Wait until the script runs (and, if asked, until this page leads and streams)."""
     if leader:
         page.wait_for_function(LEADING, timeout=timeout)
@@ -163,7 +163,7 @@ def wait_ready(page: Any, *, leader: bool | None = None, timeout: float = 5_000)
         page.wait_for_function("window.alarms !== undefined", timeout=timeout)
 
 
-def leader_of(pages: list[Any], timeout: float = 5.0) -> Any:
+def leader_of(pages: list[Any], timeout: float = 20.0) -> Any:
     """The one page among ``pages`` that leads with an open stream (waits for it)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
