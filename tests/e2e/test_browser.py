@@ -400,22 +400,27 @@ def test_retract_removes_the_toast(server, contexts, session_cookie, make_user):
 # -- toast behaviour ------------------------------------------------------------
 
 
+HIDE_MS = 4000
+
+
 def test_info_hides_itself_unless_hovered(server, contexts, session_cookie, make_user):
     page = signed_in(contexts, server, session_cookie, make_user("ines")).context.new_page()
-    with_auto_hide(page, 800)
+    # Long enough that the pointer reaches the toast before it hides, even on a
+    # busy machine where a browser round trip takes a second.
+    with_auto_hide(page, HIDE_MS)
     page.goto("/")
     wait_ready(page, leader=True)
     alarm = api.send_alarm(TEXTS, level="info")
     item = toast(page, alarm.pk)
     item.wait_for()
     item.hover()
-    page.wait_for_timeout(1300)
+    page.wait_for_timeout(HIDE_MS + 500)
     assert item.count() == 1  # paused while hovered
     page.mouse.move(5, 700)
     item.wait_for(state="detached", timeout=LIVE)
     warning = api.send_alarm(TEXTS, level="warning")
     toast(page, warning.pk).wait_for()
-    page.wait_for_timeout(1300)
+    page.wait_for_timeout(HIDE_MS + 500)
     assert toast(page, warning.pk).count() == 1  # warnings stay
 
 
