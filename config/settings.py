@@ -167,11 +167,11 @@ X_FRAME_OPTIONS = "DENY"
 # so there django-csp does (requirements.txt installs it where pip picks 5.2).
 # A page that uses the alarms of another origin ({% alarms_toasts origin=... %})
 # must add that origin to connect-src.
-# DJANGO_CSP_ALLOW_EVAL (default: DEBUG) adds 'unsafe-eval' and nothing else:
-# browser tools and test drivers evaluate strings in the page (Playwright's
-# wait_for_function with an expression). Inline code stays blocked.
+# DJANGO_CSP_ALLOW_EVAL=1 adds 'unsafe-eval' and nothing else, for a browser
+# tool that evaluates strings in the page (the tests need none: they pass
+# functions). Inline code stays blocked either way.
 # ---------------------------------------------------------------------------
-csp_allow_eval = env.bool("DJANGO_CSP_ALLOW_EVAL", default=DEBUG)
+csp_allow_eval = env.bool("DJANGO_CSP_ALLOW_EVAL", default=False)
 
 
 def _csp_directives(nonce: object) -> dict[str, list[object]]:

@@ -158,9 +158,9 @@ def toast(page: Any, alarm_id: int) -> Any:
 def wait_ready(page: Any, *, leader: bool | None = None, timeout: float = 20_000) -> None:
     """Wait until the script runs (and, if asked, until this page leads and streams)."""
     if leader:
-        page.wait_for_function(LEADING, timeout=timeout)
+        page.wait_for_function(f"() => {LEADING}", timeout=timeout)
     else:
-        page.wait_for_function("window.alarms !== undefined", timeout=timeout)
+        page.wait_for_function("() => window.alarms !== undefined", timeout=timeout)
 
 
 def leader_of(pages: list[Any], timeout: float = 20.0) -> Any:

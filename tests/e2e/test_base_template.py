@@ -91,4 +91,6 @@ def test_toasts_arrive_on_the_standalone_page(
     alarm = api.send_alarm(TEXTS, level="error")
 
     toast(page, alarm.pk).wait_for()
-    page.wait_for_function("document.querySelector('[data-alarms-badge]').dataset.count === '1'")
+    page.wait_for_function(
+        "() => document.querySelector('[data-alarms-badge]').dataset.count === '1'"
+    )

@@ -456,7 +456,9 @@ def test_badge_counts_unread_live(server, contexts, session_cookie, make_user):
     assert badge.get_attribute("data-count") == "1"
     assert badge.locator(".alarms-badge-count").text_content() == "1"
     toast(page, alarm.pk).locator(".alarms-close").click()
-    page.wait_for_function("document.querySelector('[data-alarms-badge]').dataset.count === '0'")
+    page.wait_for_function(
+        "() => document.querySelector('[data-alarms-badge]').dataset.count === '0'"
+    )
 
 
 def test_received_event_can_be_cancelled(server, contexts):
@@ -484,7 +486,7 @@ def test_server_restart_loses_no_alarm(server, contexts, session_cookie, make_us
     before = api.send_alarm(TEXTS, level="warning")
     toast(page, before.pk).wait_for()
     server.stop(signal.SIGKILL)
-    page.wait_for_function("!window.alarms.state().streaming")
+    page.wait_for_function("() => !window.alarms.state().streaming")
     during = api.send_alarm(TEXTS, level="error")
     time.sleep(1.5)  # the client retries against a dead port meanwhile
     server.start()
@@ -527,7 +529,7 @@ def test_language_switch_reopens_the_one_stream(metered, contexts, session_cooki
     leader_of([other, page])
     page.select_option("#language-select", "ko")
     page.wait_for_load_state()
-    page.wait_for_function("document.documentElement.lang === 'ko'")
+    page.wait_for_function("() => document.documentElement.lang === 'ko'")
     wait_ready(page)
     wait_until(lambda: "lang=ko" in user.streams.started[-1].url)
     current = leader_of([other, page])

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import re
-import signal
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from alarms import api
 from tests.e2e import browser as fixtures
-from tests.e2e.browser import CSPWatch, toast
-from tests.e2e.conftest import Server
+from tests.e2e.browser import CSPWatch, toast, wait_ready
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
@@ -22,31 +19,6 @@ contexts = fixtures.contexts
 
 TEXTS = {"en": {"title": "Fire drill at 3 pm", "message": "Leave by the east stairs."}}
 WAIT = 15_000
-
-
-class StrictServer(Server):
-    """The demo as in production: without the 'unsafe-eval' that DEBUG allows test drivers."""
-
-    def env(self) -> dict[str, str]:
-        return {**super().env(), "DJANGO_CSP_ALLOW_EVAL": "0"}
-
-
-@pytest.fixture
-def strict_server(transactional_db: None) -> Iterator[Server]:
-    server = StrictServer().start()
-    yield server
-    server.stop(signal.SIGKILL)
-
-
-def ready(page: Any, *, leader: bool = False) -> None:
-    # A function, not an expression: Playwright evaluates an expression with
-    # eval() in the page, which this policy blocks.
-    page.wait_for_function(
-        """leader => window.alarms !== undefined
-            && (!leader || (window.alarms.state().leader && window.alarms.state().streaming))""",
-        arg=leader,
-        timeout=WAIT,
-    )
 
 
 def wait_for(page: Any, predicate: str, arg: Any = None) -> None:
@@ -84,9 +56,8 @@ def policy_of(responses: list[Any], path: str) -> str | None:
 
 
 def test_toasts_badge_and_centre_work_under_a_strict_policy(
-    strict_server, contexts, session_cookie, make_user
+    server, contexts, session_cookie, make_user
 ):
-    server = strict_server
     operator = make_user("csp-operator", is_staff=True, is_superuser=True)
     warning = api.send_alarm(TEXTS, level="warning")
     user = contexts(server, cookie=session_cookie(operator), reduced_motion="no-preference")
@@ -99,7 +70,7 @@ def test_toasts_badge_and_centre_work_under_a_strict_policy(
 
     # -- a demo page with the toasts and the badge -----------------------------------
     page = user.page("/")
-    ready(page, leader=True)
+    wait_ready(page, leader=True)
     nonce = policy_of(documents, "/")
     assert nonce
     # The tags carry the host's nonce (Chromium hides it from getAttribute).
@@ -149,7 +120,7 @@ def test_toasts_badge_and_centre_work_under_a_strict_policy(
 
     # -- the alarm centre ---------------------------------------------------------------
     page.goto("/alarms/")
-    ready(page)
+    wait_ready(page)
     policy_of(documents, "/alarms/")
     entry = page.locator(f'[data-alarms-item="{info.pk}"]')
     entry.locator("button[name=dismiss]").click()
@@ -162,20 +133,18 @@ def test_toasts_badge_and_centre_work_under_a_strict_policy(
 
     # -- the language form (the demo's own script), then the page in Arabic ------------
     page.goto("/")
-    ready(page)
+    wait_ready(page)
     page.select_option("#language-select", "ar")
     wait_for(page, "() => document.documentElement.lang === 'ar'")
-    ready(page)
+    wait_ready(page)
     assert re.fullmatch(r"[A-Za-z0-9+/=_-]{16,}", policy_of(documents, "/") or "")
     assert watch.violations(page) == []
 
 
-def test_admin_change_page_works_under_a_strict_policy(
-    strict_server, contexts, session_cookie, make_user
-):
+def test_admin_change_page_works_under_a_strict_policy(server, contexts, session_cookie, make_user):
     operator = make_user("csp-admin", is_staff=True, is_superuser=True)
     alarm = api.send_alarm(TEXTS, level="warning")
-    user = contexts(strict_server, cookie=session_cookie(operator))
+    user = contexts(server, cookie=session_cookie(operator))
     watch = CSPWatch()
     watch.attach(user.context)
     documents: list[Any] = []
