@@ -6,7 +6,12 @@ import re
 from collections.abc import Iterable
 
 from django.conf import settings
-from django.utils.translation import get_language_info, get_supported_language_variant
+from django.http import HttpRequest
+from django.utils.translation import (
+    get_language_from_path,
+    get_language_info,
+    get_supported_language_variant,
+)
 
 RTL_FALLBACK = frozenset({"ar", "fa", "he", "ur", "ps", "ku", "ug", "yi", "dv", "sd"})
 
@@ -25,6 +30,9 @@ ALIASES: dict[str, tuple[str, ...]] = {
 }
 MAX_TAG_LENGTH = 15
 TAG = re.compile(r"[a-z]{1,8}(?:-[a-z0-9]{1,8})*")
+# As Django: a longer Accept-Language header is cut at its last comma within this.
+MAX_HEADER_LENGTH = 500
+QVALUE = re.compile(r"0(?:\.[0-9]{0,3})?|1(?:\.0{0,3})?")
 
 
 def tag_variants(code: str | None) -> list[str]:
@@ -102,3 +110,52 @@ def supported_language(code: str | None) -> str | None:
             except LookupError:
                 continue
     return None
+
+
+def parse_accept_language(header: str) -> list[str]:
+    """The language ranges of an ``Accept-Language`` header, most wanted first.
+
+    Unlike Django's parser, which drops the whole header for one tag it does not
+    like, this keeps every entry and leaves judging the tag to ``tag_variants``
+    (``pt_BR`` and ``iw`` are what old clients send). Entries with ``q=0`` or a
+    malformed ``q`` are dropped; equal weights keep the header's order.
+    """
+    if len(header) > MAX_HEADER_LENGTH:
+        header = header[:MAX_HEADER_LENGTH].rpartition(",")[0]
+    ranked: list[tuple[float, int, str]] = []
+    for index, entry in enumerate(header.split(",")):
+        tag, _, params = entry.partition(";")
+        tag = tag.strip()
+        weight = 1.0
+        for param in params.split(";") if params else ():
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                value = value.strip()
+                weight = float(value) if QVALUE.fullmatch(value) else 0.0
+        if tag and weight > 0:
+            ranked.append((-weight, index, tag))
+    return [tag for _, _, tag in sorted(ranked)]
+
+
+def request_language(request: HttpRequest, *, check_path: bool = False) -> str:
+    """The site language for ``request``: Django's order, with ``supported_language``'s tags.
+
+    The URL's language prefix (with ``check_path``), the language cookie, each
+    ``Accept-Language`` range up to ``*``, then ``LANGUAGE_CODE``: as
+    ``django.utils.translation.get_language_from_request``, except that ``pt_BR``
+    and legacy ``iw`` in the cookie or the header are understood.
+    """
+    if check_path:
+        from_path = get_language_from_path(request.path_info)
+        if from_path:
+            return from_path
+    cookie = supported_language(request.COOKIES.get(settings.LANGUAGE_COOKIE_NAME))
+    if cookie:
+        return cookie
+    for tag in parse_accept_language(request.META.get("HTTP_ACCEPT_LANGUAGE", "")):
+        if tag == "*":
+            break
+        found = supported_language(tag)
+        if found:
+            return found
+    return supported_language(settings.LANGUAGE_CODE) or settings.LANGUAGE_CODE

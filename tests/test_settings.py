@@ -130,7 +130,7 @@ def test_site_language_and_serving() -> None:
     assert config["asgi"] == "config.asgi.application"
     apps = config["apps"]
     assert apps.index("daphne") < apps.index("django.contrib.staticfiles")
-    assert "django.middleware.locale.LocaleMiddleware" in config["middleware"]
+    assert "alarms.middleware.LocaleMiddleware" in config["middleware"]
     assert any("WhiteNoiseMiddleware" in name for name in config["middleware"])
 
 

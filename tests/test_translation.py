@@ -11,12 +11,19 @@ from pathlib import Path
 
 import pytest
 from django.core.management import call_command
-from django.test import override_settings
+from django.test import RequestFactory, override_settings
 from django.utils import translation
 
 import alarms
 from alarms.models import Audience, Level
-from alarms.translation import choose_language, direction, language_choices, supported_language
+from alarms.translation import (
+    choose_language,
+    direction,
+    language_choices,
+    parse_accept_language,
+    request_language,
+    supported_language,
+)
 
 
 @pytest.mark.parametrize(
@@ -421,3 +428,55 @@ def test_catalogues_follow_the_source(tmp_path: Path, monkeypatch: pytest.Monkey
             f"{code}: the catalogue is behind the source; run makemessages in alarms/.\n"
             f"missing: {missing}\nno longer in the source: {extra}"
         )
+
+
+@pytest.mark.parametrize(
+    ("header", "tags"),
+    (
+        ("", []),
+        ("ko", ["ko"]),
+        ("pt_BR, en;q=0.5", ["pt_BR", "en"]),
+        # By weight, then in the header's order.
+        ("en;q=0.5, iw, ja;q=0.5, ko;q=0.9", ["iw", "ko", "en", "ja"]),
+        ("ko ; Q = 0.8 , ja", ["ja", "ko"]),
+        # q=0 is "not this"; a malformed weight drops its entry only.
+        ("ko;q=0, ja", ["ja"]),
+        ("ko;q=2, ja;q=-1, ar;q=nan, he;q=1e0, en;q=0.0001, fr;q=0.5", ["fr"]),
+        (" , ;;, ja", ["ja"]),
+        ("*, ko;q=0.1", ["*", "ko"]),
+    ),
+)
+def test_parse_accept_language_keeps_what_django_would_drop(header: str, tags: list[str]) -> None:
+    assert parse_accept_language(header) == tags
+
+
+def test_parse_accept_language_cuts_a_long_header_at_a_comma() -> None:
+    assert parse_accept_language("ko;q=0.9," * 1_200) == ["ko"] * 55
+    assert parse_accept_language("x" * 10_000) == []
+
+
+@override_settings(LANGUAGES=SITE, LANGUAGE_CODE="en")
+@pytest.mark.parametrize(
+    ("header", "cookie", "language"),
+    (
+        ("iw", None, "he"),
+        ("pt_BR", None, "pt-br"),
+        ("fr, in_ID;q=0.5, en;q=0.1", None, "id"),
+        ("fr, de", None, "en"),
+        ("*, ko", None, "en"),
+        ("ko", "iw_IL", "he"),
+        # A cookie naming no language is passed over, as Django does.
+        ("ko", "xx", "ko"),
+        ("", None, "en"),
+    ),
+)
+def test_request_language_reads_header_and_cookie_tags(
+    header: str, cookie: str | None, language: str
+) -> None:
+    request = RequestFactory().get("/", HTTP_ACCEPT_LANGUAGE=header)
+    if cookie:
+        request.COOKIES["django_language"] = cookie
+    assert request_language(request) == language
+    # Django itself serves LANGUAGE_CODE to these legacy and underscore tags.
+    if header in ("iw", "pt_BR"):
+        assert translation.get_language_from_request(request) == "en"

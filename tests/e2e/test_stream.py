@@ -10,6 +10,7 @@ from django.utils import timezone
 
 from alarms import api
 from alarms.models import Alarm
+from tests.e2e.conftest import http_request
 from tests.sse import Stream
 
 pytestmark = pytest.mark.e2e
@@ -243,6 +244,29 @@ def test_underscore_and_any_case_tags_are_understood(server, tag):
     api.send_alarm(texts, audience="everyone")
     with Stream(f"{server.url}/alarms/stream/?lang={tag}") as stream:
         assert stream.next_event(10).json()["language"] == "ko"
+
+
+@pytest.mark.parametrize(
+    ("headers", "cookies"),
+    [
+        # Django drops a whole header for one tag it does not parse, and serves English.
+        ({"Accept-Language": "ko_KR"}, None),
+        ({"Accept-Language": "fr, ko_KR;q=0.5, en;q=0.1"}, None),
+        ({"Accept-Language": "en"}, {"django_language": "ko_kr"}),
+    ],
+)
+def test_tags_django_drops_in_the_header_and_cookie_are_understood(server, headers, cookies):
+    texts = {"en": {"title": "Hello", "message": "m"}, "ko": {"title": "안녕", "message": "ㅁ"}}
+    api.send_alarm(texts, audience="everyone")
+    with Stream(f"{server.url}/alarms/stream/", headers=headers, cookies=cookies) as stream:
+        assert stream.headers["Content-Language"] == "ko"
+        assert stream.next_event(10).json()["title"] == "안녕"
+    # The page agrees, so the script it carries asks for the same language.
+    if cookies:
+        headers = {**headers, "Cookie": "; ".join(f"{k}={v}" for k, v in cookies.items())}
+    status, _, body = http_request(server.port, "GET", "/", headers)
+    assert status == 200
+    assert '<html lang="ko"' in body.decode()
 
 
 def test_disconnect_frees_the_stream(server_factory, make_user, session_cookie):
