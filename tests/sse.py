@@ -153,7 +153,7 @@ class Stream:
     def last_event_id(self) -> str:
         return self.parser.last_event_id
 
-    def next_event(self, timeout: float = 5.0) -> Event:
+    def next_event(self, timeout: float = 15.0) -> Event:
         """The next event; TimeoutError if none comes in time, EOFError if the server closed."""
         deadline = time.monotonic() + timeout
         while True:
@@ -171,7 +171,19 @@ class Stream:
                 raise EOFError("the server closed the stream")
             self._recv(deadline)
 
-    def events(self, count: int, timeout: float = 5.0) -> list[Event]:
+    def opened(self, timeout: float = 15.0) -> None:
+        """Wait for the server's opening comment; an event before it is an error."""
+        deadline = time.monotonic() + timeout
+        while "alarms" not in self.parser.comments:
+            try:
+                event = self.next_event(max(0.001, min(0.1, deadline - time.monotonic())))
+            except TimeoutError:
+                if time.monotonic() >= deadline:
+                    raise
+                continue
+            raise AssertionError(f"an event before the opening comment: {event}")
+
+    def events(self, count: int, timeout: float = 15.0) -> list[Event]:
         return [self.next_event(timeout) for _ in range(count)]
 
     def drain(self, quiet: float = 0.5) -> list[Event]:

@@ -65,7 +65,7 @@ def test_the_unit_serves_streams_and_stops_within_its_timeout(unit: Unit) -> Non
     with Stream(f"http://127.0.0.1:{port}/alarms/stream/") as stream:
         assert stream.status == 200
         alarm = api.send_alarm(en("Served by the unit"), audience="everyone")
-        assert stream.next_event(5).json()["id"] == alarm.pk
+        assert stream.next_event(15).json()["id"] == alarm.pk
         stopped = time.monotonic()
         process.send_signal(signal.Signals[settings["KillSignal"]])
         with pytest.raises(EOFError):

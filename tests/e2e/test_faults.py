@@ -444,7 +444,7 @@ def test_connect_disconnect_cycles_leave_nothing_behind(
     api.send_alarm(en("For the signed-in"), audience="authenticated")
     cookies = [dict([session_cookie(make_user(f"cycle{i}"))]) for i in range(40)]
     with Stream(f"{server.url}/alarms/stream/", cookies=cookies[0]) as stream:
-        stream.next_event(5)
+        stream.next_event(15)
         resume_from = stream.last_event_id  # nothing is missed since: an empty replay
     port = server.port
     visits = [visit(port, 1), visit(port, 1, Accept_Language="ko")]

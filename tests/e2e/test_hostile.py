@@ -208,7 +208,7 @@ def test_garbage_lang_parameter_is_ignored(server: Server, lang: str) -> None:
     )
 
     with open_stream(server, query=f"?lang={lang}", **{"Accept-Language": "ko"}) as stream:
-        data = stream.next_event(3).json()
+        data = stream.next_event(10).json()
         assert stream.headers["Content-Language"] == data["language"]
         assert "evil" not in str(stream.headers)
 
@@ -233,7 +233,7 @@ def test_accept_language_of_10_kib(server: Server, accept_language: str, expecte
     assert len(accept_language) >= 10_000
 
     with open_stream(server, **{"Accept-Language": accept_language}) as stream:
-        data = stream.next_event(3).json()
+        data = stream.next_event(10).json()
 
     assert (stream.headers["Content-Language"], data["language"]) == (expected, expected)
 
@@ -254,15 +254,15 @@ def test_another_users_alarms_never_reach_a_stream_not_even_by_id(
         open_stream(server, session_cookie(alice)) as alices,
         open_stream(server, session_cookie(bob)) as bobs,
     ):
-        assert bobs.next_event(3).json()["id"] == public.pk
-        alices.next_event(3)
+        assert bobs.next_event(10).json()["id"] == public.pk
+        alices.next_event(10)
         resume_from = bobs.last_event_id
 
         # Every kind of event about alarms only alice may see, one at a time, each
         # seen to reach alice's stream (so it was broadcast): new, edited,
         # dismissed, withdrawn, expired.
         def alice_gets(kind: str, alarm_id: int) -> None:
-            event = alices.next_event(3)
+            event = alices.next_event(10)
             assert (event.event, event.json()["id"]) == (kind, alarm_id)
 
         selected = api.send_alarm(en("For alice", "Secret"), users=[alice])
@@ -287,7 +287,7 @@ def test_another_users_alarms_never_reach_a_stream_not_even_by_id(
         alice_gets("alarm", expiring.pk)
         alice_gets("retract", expiring.pk)
         marker = api.send_alarm(en("Marker"))
-        assert alices.next_event(3).json()["id"] == marker.pk
+        assert alices.next_event(10).json()["id"] == marker.pk
         assert [e.json()["id"] for e in bobs.drain(0.7)] == [marker.pk]
 
     # Resuming from before all of it replays the marker, and nothing of alice's.
@@ -328,7 +328,7 @@ def test_hostile_text_reads_back_exactly_through_a_conforming_parser(
         open_stream(server, cookie, query="?lang=ar") as ar,
     ):
         alarm = api.send_alarm(texts)
-        en_event, ar_event = english.next_event(3), ar.next_event(3)
+        en_event, ar_event = english.next_event(10), ar.next_event(10)
         # Nothing forged by the text: one event each, and the stream goes on.
         assert english.drain(0.3) == [] and ar.drain(0.3) == []
         assert english.parser.retry == ar.parser.retry == 2000
@@ -364,7 +364,7 @@ def test_too_many_streams_from_one_user_close_the_oldest(
             assert stream.parser.retry is not None and stream.parser.retry >= 30_000
         alarm = api.send_alarm(en("After the storm"))
         for stream in [*streams[4:], neighbour]:
-            assert stream.next_event(3).json()["id"] == alarm.pk
+            assert stream.next_event(10).json()["id"] == alarm.pk
     finally:
         for stream in [*streams, neighbour]:
             stream.close()

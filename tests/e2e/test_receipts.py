@@ -56,7 +56,7 @@ def test_dismiss_takes_only_live_alarms_of_the_user_and_reaches_their_other_stre
     live = api.send_alarm(en("Now"))
     with open_stream(server, cookie) as here, open_stream(server, cookie) as elsewhere:
         for stream in (here, elsewhere):
-            event = stream.next_event(5)
+            event = stream.next_event(15)
             assert (event.event, event.json()["id"]) == ("alarm", live.pk)
         # Posted while it is still scheduled: a toast racing its schedule, not a
         # dismissal in advance.
@@ -67,7 +67,7 @@ def test_dismiss_takes_only_live_alarms_of_the_user_and_reaches_their_other_stre
 
         assert page.dismiss(live.pk) == {"updated": 1}
         for stream in (here, elsewhere):
-            event = stream.next_event(5)
+            event = stream.next_event(15)
             assert (event.event, event.json()) == ("dismiss", {"id": live.pk})
         # When the scheduled alarm goes live, both streams show it.
         for stream in (here, elsewhere):
