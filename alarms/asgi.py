@@ -32,6 +32,9 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from alarms.conf import get_config
+from alarms.direct import direct_streams
+
+__all__ = ["SCOPE_KEY", "direct_streams", "flow_control"]
 
 logger = logging.getLogger("alarms.stream")
 

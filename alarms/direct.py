@@ -1,0 +1,169 @@
+"""The stream's direct path: serve ``GET /alarms/stream/`` without Django's middleware chain.
+
+    from alarms.asgi import direct_streams, flow_control
+    application = flow_control(direct_streams(get_asgi_application()))
+
+Under ASGI, Django runs each ``MiddlewareMixin`` middleware's hooks through
+``sync_to_async`` on a thread made for the request, and a middleware that is
+not async-capable (WhiteNoise's) puts the whole chain on it. For a page that is
+noise; for the stream, opened by every tab of every reader and all at once
+after a deploy, it is most of a connect's CPU (``docs/performance.md``).
+
+A stream needs little of that chain. This path does what it needs on the
+event loop, with Django's own code where there is some:
+
+- ``ALLOWED_HOSTS`` (``request.get_host()``), errors answered by Django's
+  ``response_for_exception``, as the handler would;
+- ``SecurityMiddleware``'s redirect and headers, when it is installed;
+- the session from its cookie, loaded with the user in the broker's database
+  thread, as on the normal path;
+- the reader's language as a ``LocaleMiddleware`` would choose it
+  (``alarms.translation.request_language``);
+- the view itself with its decorators (CORS, ``never_cache``, ``require_GET``),
+  found by resolving the URL.
+
+What it leaves out, so a project must know: the project's other middleware,
+and the ``request_started``/``request_finished`` signals, do not run for a
+stream (the stream writes nothing through the ORM on its request). Anything
+else falls through to Django: other paths and methods, a mount under
+``root_path`` or ``FORCE_SCRIPT_NAME``, the stream under ``i18n_patterns``, a
+project without Django's ``SessionMiddleware``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+from contextlib import aclosing, suppress
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.core.handlers.asgi import ASGIRequest
+from django.core.handlers.exception import response_for_exception
+from django.http import HttpRequest, HttpResponseBase
+from django.middleware.security import SecurityMiddleware
+from django.urls import NoReverseMatch, resolve, reverse
+from django.utils import translation
+from django.utils.module_loading import import_string
+
+from alarms.translation import request_language
+
+logger = logging.getLogger("alarms.stream")
+
+Scope = dict[str, Any]
+
+SESSION_MIDDLEWARE = "django.contrib.sessions.middleware.SessionMiddleware"
+SECURITY_MIDDLEWARE = "django.middleware.security.SecurityMiddleware"
+
+
+class _Route:
+    """What the direct path needs from the settings and URLconf, found once per process."""
+
+    def __init__(self) -> None:
+        middleware = list(settings.MIDDLEWARE)
+        self.path: str | None = None
+        if SESSION_MIDDLEWARE not in middleware or getattr(settings, "FORCE_SCRIPT_NAME", None):
+            return
+        try:
+            path = reverse("alarms:stream")
+        except NoReverseMatch:
+            logger.warning("direct_streams: no URL named alarms:stream; streams go through Django")
+            return
+        if translation.get_language_from_path(path):
+            return  # under i18n_patterns: the URL depends on the language, Django's to route
+        self.path = path
+        self.view = resolve(path).func
+        self.session_store = import_string(settings.SESSION_ENGINE + ".SessionStore")
+        self.cookie_name = settings.SESSION_COOKIE_NAME
+        self.security = (
+            SecurityMiddleware(lambda request: None) if SECURITY_MIDDLEWARE in middleware else None
+        )
+        self.localised = any(name.rsplit(".", 1)[-1] == "LocaleMiddleware" for name in middleware)
+
+
+def direct_streams(application: Any) -> Any:
+    """Wrap Django's ASGI application so streams take the direct path (module docstring)."""
+    route: _Route | None = None
+
+    async def app(scope: Scope, receive: Any, send: Any) -> None:
+        nonlocal route
+        if scope.get("type") == "http" and scope.get("method") == "GET":
+            if route is None:
+                route = _Route()
+            # Mounted under a prefix (root_path), the path differs: Django's to route.
+            if (
+                route.path is not None
+                and scope.get("path") == route.path
+                and not scope.get("root_path")
+            ):
+                await _serve(route, scope, receive, send)
+                return
+        await application(scope, receive, send)
+
+    return app
+
+
+async def _serve(route: _Route, scope: Scope, receive: Any, send: Any) -> None:
+    # The body of a GET is not wanted; wait for its end, as Django's handler does.
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+        if not message.get("more_body"):
+            break
+    request = ASGIRequest(scope, io.BytesIO())
+    response = await _respond(route, request)
+    sender = asyncio.create_task(_send(response, send))
+    watcher = asyncio.create_task(_disconnected(receive))
+    try:
+        await asyncio.wait((sender, watcher), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (watcher, sender):
+            if not task.done():
+                task.cancel()
+                with suppress(asyncio.CancelledError):
+                    await task
+    if sender.done() and not sender.cancelled():
+        sender.result()
+
+
+async def _respond(route: _Route, request: HttpRequest) -> HttpResponseBase:
+    try:
+        request.get_host()  # ALLOWED_HOSTS, as CommonMiddleware would check it
+        if route.security is not None:
+            redirect = route.security.process_request(request)
+            if redirect is not None:
+                return redirect
+        request.session = route.session_store(request.COOKIES.get(route.cookie_name))
+        language = request_language(request) if route.localised else settings.LANGUAGE_CODE
+        with translation.override(language):
+            request.LANGUAGE_CODE = language
+            response = await route.view(request)
+        if route.security is not None:
+            response = route.security.process_response(request, response)
+        return response
+    except Exception as exc:  # answered as Django's handler answers it
+        return await sync_to_async(response_for_exception)(request, exc)
+
+
+async def _send(response: HttpResponseBase, send: Any) -> None:
+    headers = [
+        (name.encode("latin-1"), value.encode("latin-1")) for name, value in response.items()
+    ]
+    for cookie in response.cookies.values():
+        headers.append((b"Set-Cookie", cookie.output(header="").strip().encode("ascii")))
+    await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
+    if getattr(response, "streaming", False):
+        async with aclosing(aiter(response)) as content:
+            async for part in content:
+                await send({"type": "http.response.body", "body": part, "more_body": True})
+        await send({"type": "http.response.body"})
+    else:
+        await send({"type": "http.response.body", "body": response.content})
+
+
+async def _disconnected(receive: Any) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass

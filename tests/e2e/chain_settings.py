@@ -1,0 +1,24 @@
+"""An end-to-end server's settings with one more middleware, which marks what it served.
+
+``server_settings`` plus :class:`MarkChain` last in ``MIDDLEWARE``: a response
+that went through Django's middleware chain carries ``X-Chain: 1``.
+"""
+
+from __future__ import annotations
+
+from django.http import HttpRequest, HttpResponseBase
+from django.utils.deprecation import MiddlewareMixin
+
+from tests.e2e.server_settings import *  # noqa: F403
+from tests.e2e.server_settings import MIDDLEWARE
+
+
+class MarkChain(MiddlewareMixin):
+    def process_response(
+        self, request: HttpRequest, response: HttpResponseBase
+    ) -> HttpResponseBase:
+        response["X-Chain"] = "1"
+        return response
+
+
+MIDDLEWARE = [*MIDDLEWARE, "tests.e2e.chain_settings.MarkChain"]

@@ -1,0 +1,106 @@
+"""``alarms.asgi.direct_streams``: the stream served without Django's middleware chain.
+
+Each test runs a real daphne process with a middleware that marks what went
+through the chain (``tests.e2e.chain_settings``), once with the demo's ASGI
+application (direct) and once without the wrapper (Django's path): the stream
+must be the same either way, and only the direct one skips the chain.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from alarms import api
+from tests.e2e.conftest import Server, http_request
+from tests.sse import Stream
+
+pytestmark = pytest.mark.e2e
+
+TEXTS = {
+    "en": {"title": "Fire drill", "message": "Leave by the east stairs."},
+    "ko": {"title": "소방 훈련", "message": "동쪽 계단으로 나가십시오."},
+}
+APPS = {"direct": "config.asgi:application", "django": "tests.e2e.plain_asgi:application"}
+
+
+class ChainServer(Server):
+    def __init__(self, application: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.application = application
+
+    def env(self) -> dict[str, str]:
+        return {**super().env(), "DJANGO_SETTINGS_MODULE": "tests.e2e.chain_settings"}
+
+    def command(self) -> list[str]:
+        return [*super().command()[:-1], self.application]
+
+
+@pytest.fixture
+def chain_server(transactional_db: None) -> Iterator[Callable[..., ChainServer]]:
+    started: list[ChainServer] = []
+
+    def make(path: str, **alarms: Any) -> ChainServer:
+        server = ChainServer(APPS[path], alarms=alarms).start()
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        server.stop(signal.SIGKILL)
+
+
+@pytest.mark.parametrize("path", APPS)
+def test_the_stream_is_the_same_on_either_path(
+    chain_server, path, make_user, session_cookie
+) -> None:
+    server = chain_server(path)
+    reader = make_user("dana")
+    mine = api.send_alarm(TEXTS, users=[reader])
+    name, value = session_cookie(reader)
+    headers = {"Accept-Language": "fr, ko_KR;q=0.8"}
+    with Stream(f"{server.url}/alarms/stream/", cookies={name: value}, headers=headers) as stream:
+        assert stream.status == 200
+        event = stream.next_event(15)
+        assert (event.event, event.json()["id"], event.json()["title"]) == (
+            "alarm",
+            mine.pk,
+            "소방 훈련",
+        )
+        # What Django's middleware adds to every response, both paths send.
+        assert stream.headers["Content-Language"] == "ko"
+        assert stream.headers["X-Content-Type-Options"] == "nosniff"
+        assert stream.headers["Cache-Control"].startswith("no-cache")
+        # The project's own middleware runs on Django's path only.
+        assert ("X-Chain" in stream.headers) == (path == "django")
+        resume_from = stream.last_event_id
+
+    later = api.send_alarm(TEXTS, users=[reader], level="error")
+    headers = {**headers, "Last-Event-ID": resume_from}
+    with Stream(f"{server.url}/alarms/stream/", cookies={name: value}, headers=headers) as stream:
+        assert stream.next_event(15).json()["id"] == later.pk
+
+    # Pages go through the chain either way.
+    status, page_headers, _ = http_request(server.port, "GET", "/", {})
+    assert (status, page_headers["X-Chain"]) == (200, "1")
+
+
+@pytest.mark.parametrize("path", APPS)
+def test_refusals_are_the_same_on_either_path(chain_server, path) -> None:
+    server = chain_server(path, CORS_ALLOWED_ORIGINS=["https://listed.example"])
+    stream = "/alarms/stream/"
+    # A Host outside ALLOWED_HOSTS: Django's 400.
+    status, _, _ = http_request(server.port, "GET", stream, {"Host": "evil.example"})
+    assert status == 400
+    # An origin not listed: the CORS decorator's 403.
+    status, _, body = http_request(server.port, "GET", stream, {"Origin": "https://evil.example"})
+    assert status == 403
+    assert b"may not use the alarm endpoints" in body
+    # Another method falls through to Django, and the view's decorator refuses it.
+    status, _, _ = http_request(server.port, "HEAD", stream, {})
+    assert status == 405
+    log = server.log.read_text()
+    assert "Invalid HTTP_HOST header: 'evil.example'" in log
