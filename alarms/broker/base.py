@@ -819,19 +819,28 @@ class BaseBroker:
 
         seq, millis = since
         journal = AlarmChange.objects.using(self.alias)
-        first = journal.order_by("id").values_list("id", flat=True).first()
-        if seq > head or (first is not None and seq < first - 1):
-            return None  # from another database, or older than what is kept
+        if seq > head:
+            return None  # from another database
         if head - seq > self.config["REPLAY_MAX_ROWS"]:
             return None  # a snapshot costs less than reading that much journal
+        # At the head (a reconnect storm after a restart of a proxy or a process:
+        # nothing was written meanwhile) there is no journal to read.
+        if seq < head:
+            first = journal.order_by("id").values_list("id", flat=True).first()
+            if first is not None and seq < first - 1:
+                return None  # older than what is kept
         now = timezone.now()
         # The client's clock says what it saw; it cannot say it saw more than the
         # journal keeps, nor anything after now.
         floor = now - timedelta(days=self.config["JOURNAL_RETENTION_DAYS"])
         when = datetime.fromtimestamp(millis / 1000, tz=UTC)
         missed = Missed(since=min(max(when, floor), now), head=head)
-        rows = journal.filter(id__gt=seq, id__lte=head, kind__in=("alarm", "dismiss")).values_list(
-            "alarm_id", "kind", "user_id", "detail"
+        rows = (
+            journal.filter(id__gt=seq, id__lte=head, kind__in=("alarm", "dismiss")).values_list(
+                "alarm_id", "kind", "user_id", "detail"
+            )
+            if seq < head
+            else ()
         )
         deleted: dict[int, str] = {}
         for alarm_id, kind, row_user, detail in rows:
@@ -845,8 +854,8 @@ class BaseBroker:
             expires_at__gt=missed.since, expires_at__lte=now
         )
         candidates = missed.changed | set(expired.values_list("pk", flat=True))
-        existing: dict[int, CachedAlarm | None] = dict(
-            self._load_alarms(candidates, current_only=False)
+        existing: dict[int, CachedAlarm | None] = (
+            dict(self._load_alarms(candidates, current_only=False)) if candidates else {}
         )
         for alarm_id, detail in deleted.items():
             existing.setdefault(alarm_id, _deleted_alarm(alarm_id, detail))

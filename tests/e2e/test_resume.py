@@ -84,6 +84,22 @@ def test_the_clients_time_is_floored_at_the_journals_retention(server_factory):
     assert resumed(server, f"{seq}-0") == [("alarm", live.pk)]  # no retract of "Old"
 
 
+def test_an_alarm_that_expired_while_away_is_retracted_at_the_head(server):
+    soon = timezone.now() + timedelta(seconds=2)
+    brief = api.send_alarm(en("Brief"), audience="everyone", expires_at=soon)
+    live = api.send_alarm(en("Live"), audience="everyone")
+    with open_stream(server) as stream:
+        assert {stream.next_event(10).json()["id"] for _ in range(2)} == {brief.pk, live.pk}
+        last_id = stream.last_event_id
+    # Nothing is written when an alarm expires: the resume is at the journal's head,
+    # where the broker reads no journal, and must still find the expiry.
+    head = AlarmChange.objects.order_by("-pk").values_list("pk", flat=True).first()
+    assert last_id.partition("-")[0] == str(head)
+    while timezone.now() <= soon:
+        time.sleep(0.05)
+    assert resumed(server, last_id) == [("retract", brief.pk)]
+
+
 # Connects in flight at once; bench/flood.py runs thousands and reads the times.
 FLOOD = int(os.environ.get("ALARMS_FLOOD", "200"))
 
