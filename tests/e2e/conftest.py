@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.db import connection
+from django.db import DatabaseError, connection
 from django.test import Client
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -118,13 +118,51 @@ def csrf_cookie(set_cookie_headers: Sequence[str]) -> str:
     return cookies["csrftoken"].value
 
 
-def database_url() -> str:
-    """The test database, as the server processes must reach it."""
+def database_url(application_name: str = "") -> str:
+    """The test database, as the server processes must reach it.
+
+    ``application_name`` names the process's PostgreSQL sessions, so that
+    :func:`end_database_sessions` can find them once the process is killed.
+    """
     s = connection.settings_dict
     if connection.vendor == "sqlite":
         return f"sqlite:///{s['NAME']}"
     auth = s["USER"] + (f":{s['PASSWORD']}" if s.get("PASSWORD") else "")
-    return f"postgres://{auth}@{s['HOST'] or 'localhost'}:{s['PORT'] or 5432}/{s['NAME']}"
+    url = f"postgres://{auth}@{s['HOST'] or 'localhost'}:{s['PORT'] or 5432}/{s['NAME']}"
+    return url + (f"?application_name={application_name}" if application_name else "")
+
+
+def end_database_sessions(application_name: str, timeout: float = 10.0) -> None:
+    """End the PostgreSQL sessions a killed server left behind, and wait until they are gone.
+
+    A session of a killed process lives on while it waits for a lock (the
+    server does not look at its client meanwhile). Left to itself, it can
+    deadlock with the test database's flush after the test (TRUNCATE takes
+    every table), and PostgreSQL may end the flush rather than it.
+    """
+    if connection.vendor != "postgresql":
+        return
+    try:
+        _end_sessions(application_name, timeout)
+    except DatabaseError:
+        # This process's own connection broke (a test restarted PostgreSQL): once more.
+        connection.close()
+        _end_sessions(application_name, timeout)
+
+
+def _end_sessions(application_name: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    with connection.cursor() as cursor:
+        while True:
+            cursor.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE application_name = %s AND pid <> pg_backend_pid()",
+                [application_name],
+            )
+            (left,) = cursor.fetchone()
+            if not left or time.monotonic() > deadline:
+                return
+            time.sleep(0.05)
 
 
 class Server:
@@ -150,7 +188,7 @@ class Server:
         return {
             **os.environ,
             "DJANGO_SETTINGS_MODULE": "tests.e2e.server_settings",
-            "DATABASE_URL": database_url(),
+            "DATABASE_URL": database_url(self.application_name),
             "ALARMS_JSON": json.dumps(self.alarms),
             "PYTHONUNBUFFERED": "1",
         }
@@ -180,9 +218,14 @@ class Server:
         wait_listening(self.process, self.port, 20, "daphne", lambda: self.log.read_text()[-2000:])
         return self
 
+    @property
+    def application_name(self) -> str:
+        return f"alarms-e2e-{self.port}"
+
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.process is not None:
             stop_process(self.process, sig)
+            end_database_sessions(self.application_name)
         self.process = None
 
     def metrics(self, token: str) -> dict[str, float]:
