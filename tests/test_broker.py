@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 from asgiref.sync import sync_to_async
 from django.contrib.auth import get_user_model
+from django.contrib.sessions.backends.db import SessionStore
 from django.db import OperationalError, connection, connections
-from django.test import override_settings
+from django.test import RequestFactory, override_settings
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
@@ -22,6 +23,7 @@ from alarms.broker.base import AddressFull, BaseBroker, BrokerFull, ConnectState
 from alarms.broker.memory import MemoryBroker
 from alarms.broker.postgres import PostgresBroker
 from alarms.models import Alarm
+from alarms.views.stream import stream as stream_view
 from tests.sse import parse
 
 
@@ -169,6 +171,47 @@ class BrokerContract:
             titles = [e.json()["title"] for c in replayed + queued for e in parse(c.decode())]
             assert titles.count("During") == 1
             assert "Before" not in titles  # published before the resume point
+
+        run(test)
+
+    def test_a_resume_reads_what_came_between_its_load_and_its_subscription(self, run):
+        """The stream view reads what a reader missed in the same trip as the reader, up to
+        the head of that moment; rows fanned out before the stream subscribed reach
+        neither that read nor the queue, and must be read after it."""
+        old = api.send_alarm(en("Old"), audience="everyone")
+
+        def edit() -> None:
+            translation = old.translations.get(language_code="en")
+            translation.title = "Old, edited"
+            translation.save()
+
+        async def test(broker: BaseBroker) -> None:
+            since = f"{broker.head}-{int(time.time() * 1000)}"
+            real_run_db = broker.run_db
+            trips = 0
+
+            async def run_db(func: Callable[..., Any], *args: Any) -> Any:
+                nonlocal trips
+                result = await real_run_db(func, *args)
+                trips += 1
+                if trips == 1:  # the load: an edit reaches the broker before the subscription
+                    head = broker.head
+                    await sync_to_async(edit)()
+                    await until(lambda: broker.head > head, 10)
+                return result
+
+            broker.run_db = run_db  # type: ignore[method-assign]
+            request = RequestFactory().get("/alarms/stream/", HTTP_LAST_EVENT_ID=since)
+            request.session = SessionStore()
+            response = await stream_view(request)
+            body = aiter(response)
+            try:
+                first = await anext(body)
+            finally:
+                await body.aclose()
+            replayed = [e.json()["title"] for e in parse(first.decode()) if e.event == "alarm"]
+            assert replayed == ["Old, edited"]
+            assert trips == 2
 
         run(test)
 

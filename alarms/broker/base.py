@@ -901,6 +901,16 @@ class Missed:
     dismissed: set[int] = field(default_factory=set)
     retract: set[int] = field(default_factory=set)
 
+    def merge(self, later: Missed) -> Missed:
+        """This read and a later one of the rows after it, as one read up to ``later.head``."""
+        return Missed(
+            since=self.since,
+            head=max(self.head, later.head),
+            changed=self.changed | later.changed,
+            dismissed=self.dismissed | later.dismissed,
+            retract=self.retract | later.retract,
+        )
+
 
 def _deleted_alarm(alarm_id: int, text: str) -> CachedAlarm | None:
     """A deleted alarm as far as a resume needs it, from its journal row's detail

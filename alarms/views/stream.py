@@ -21,7 +21,14 @@ from django.views.decorators.http import require_GET
 from alarms import events
 from alarms.asgi import SCOPE_KEY
 from alarms.broker import get_broker
-from alarms.broker.base import AddressFull, BaseBroker, BrokerFull, ConnectState, Subscriber
+from alarms.broker.base import (
+    AddressFull,
+    BaseBroker,
+    BrokerFull,
+    ConnectState,
+    Missed,
+    Subscriber,
+)
 from alarms.translation import supported_language
 
 logger = logging.getLogger("alarms.stream")
@@ -43,7 +50,11 @@ async def stream(request: HttpRequest) -> HttpResponse:
     # database threads, so a storm of connects cannot open a connection each.
     # The ids are taken here, on the loop: the broker changes that dict.
     loaded_at = broker.head
-    state: ConnectState = await broker.run_db(_load, broker, request, language, list(broker.alarms))
+    # One trip to the database thread: the viewer, then what it missed up to
+    # the head as it was here (each trip costs a wake-up of the loop).
+    state, missed = await broker.run_db(
+        _load, broker, request, language, list(broker.alarms), since, loaded_at
+    )
     state.head = loaded_at
     try:
         sub = broker.subscribe(state, address)
@@ -70,15 +81,19 @@ async def stream(request: HttpRequest) -> HttpResponse:
         return _refuse(
             503, "This server holds as many alarm streams as it may; try again shortly.\n"
         )
+    if since is not None:
+        # Alarms fanned out from now on reach the queue; the replay must not
+        # send them a second time.
+        sub.tracking = set()
     head = broker.head
     try:
-        if since is not None:
-            # Alarms fanned out while the journal is read reach the queue; the
-            # replay must not send them a second time.
-            sub.tracking = set()
-            missed = await broker.run_db(broker.read_missed, state.viewer, since, head)
-        else:
-            missed = None
+        if missed is not None and head > loaded_at:
+            # Rows fanned out between the load and the subscription reached
+            # neither: read them too.
+            later = await broker.run_db(
+                broker.read_missed, state.viewer, (loaded_at, since[1]), head
+            )
+            missed = missed.merge(later) if later is not None else None
         if missed is not None:
             first = broker.replay(sub, missed)
             broker.stats["resumes"] += 1
@@ -152,11 +167,17 @@ def stream_language(request: HttpRequest) -> str:
 
 
 def _load(
-    broker: BaseBroker, request: HttpRequest, language: str, alarm_ids: list[int]
-) -> ConnectState:
-    return broker.load_viewer(
+    broker: BaseBroker,
+    request: HttpRequest,
+    language: str,
+    alarm_ids: list[int],
+    since: tuple[int, int] | None,
+    head: int,
+) -> tuple[ConnectState, Missed | None]:
+    state = broker.load_viewer(
         get_user(request), language, alarm_ids, getattr(request, "session", None)
     )
+    return state, broker.read_missed(state.viewer, since, head) if since is not None else None
 
 
 async def _events(
