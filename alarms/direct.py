@@ -22,12 +22,21 @@ event loop, with Django's own code where there is some:
 - the view itself with its decorators (CORS, ``never_cache``, ``require_GET``),
   found by resolving the URL.
 
-What it leaves out, so a project must know: the project's other middleware,
-and the ``request_started``/``request_finished`` signals, do not run for a
-stream (the stream writes nothing through the ORM on its request). Anything
-else falls through to Django: other paths and methods, a mount under
+It takes over only when every middleware in ``MIDDLEWARE`` is one whose effect
+on a stream it knows (``KNOWN``: it does the same, or the middleware does
+nothing a stream needs), or one the project names in ``skip``. A middleware
+it does not know may be access control (``LoginRequiredMiddleware``, an
+address filter, ``RemoteUserMiddleware``), so then every stream goes through
+Django, and the process logs once which middleware kept it there:
+
+    application = flow_control(direct_streams(app, skip=["myproject.middleware.Timing"]))
+
+The ``request_started``/``request_finished`` signals do not run for a stream on
+this path (the stream writes nothing through the ORM on its request). Anything
+else falls through to Django too: other paths and methods, a mount under
 ``root_path`` or ``FORCE_SCRIPT_NAME``, the stream under ``i18n_patterns``, a
-project without Django's ``SessionMiddleware``.
+project without Django's ``SessionMiddleware``, ``PREPEND_WWW`` or
+``DISALLOWED_USER_AGENTS`` set.
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+from collections.abc import Iterable
 from contextlib import aclosing, suppress
 from typing import Any
 
@@ -57,14 +67,53 @@ Scope = dict[str, Any]
 SESSION_MIDDLEWARE = "django.contrib.sessions.middleware.SessionMiddleware"
 SECURITY_MIDDLEWARE = "django.middleware.security.SecurityMiddleware"
 
+#: Middleware whose effect on a ``GET`` of the stream this path reproduces
+#: (security, session, locale, the host check of ``CommonMiddleware``) or that
+#: does nothing a stream needs (authentication: the broker reads the user from
+#: the session itself; CSRF on a safe method; messages; headers for pages;
+#: static files; compression and caching, which the stream opts out of).
+KNOWN = frozenset(
+    {
+        SECURITY_MIDDLEWARE,
+        SESSION_MIDDLEWARE,
+        "django.middleware.locale.LocaleMiddleware",
+        "alarms.middleware.LocaleMiddleware",
+        "django.middleware.common.CommonMiddleware",
+        "django.middleware.csrf.CsrfViewMiddleware",
+        "django.contrib.auth.middleware.AuthenticationMiddleware",
+        "django.contrib.messages.middleware.MessageMiddleware",
+        "django.middleware.clickjacking.XFrameOptionsMiddleware",
+        "django.middleware.csp.ContentSecurityPolicyMiddleware",
+        "csp.middleware.CSPMiddleware",
+        "whitenoise.middleware.WhiteNoiseMiddleware",
+        "django.middleware.gzip.GZipMiddleware",
+        "django.middleware.http.ConditionalGetMiddleware",
+        "django.middleware.cache.UpdateCacheMiddleware",
+        "django.middleware.cache.FetchFromCacheMiddleware",
+    }
+)
+
 
 class _Route:
     """What the direct path needs from the settings and URLconf, found once per process."""
 
-    def __init__(self) -> None:
+    def __init__(self, skip: frozenset[str]) -> None:
         middleware = list(settings.MIDDLEWARE)
         self.path: str | None = None
-        if SESSION_MIDDLEWARE not in middleware or getattr(settings, "FORCE_SCRIPT_NAME", None):
+        unknown = [name for name in middleware if name not in KNOWN | skip]
+        if unknown:
+            logger.info(
+                "direct_streams: %s may do what a stream needs (it is not known to this path, "
+                "nor in its skip list); streams go through Django's middleware",
+                unknown[0],
+            )
+            return
+        if (
+            SESSION_MIDDLEWARE not in middleware
+            or getattr(settings, "FORCE_SCRIPT_NAME", None)
+            or settings.PREPEND_WWW
+            or settings.DISALLOWED_USER_AGENTS
+        ):
             return
         try:
             path = reverse("alarms:stream")
@@ -83,15 +132,20 @@ class _Route:
         self.localised = any(name.rsplit(".", 1)[-1] == "LocaleMiddleware" for name in middleware)
 
 
-def direct_streams(application: Any) -> Any:
-    """Wrap Django's ASGI application so streams take the direct path (module docstring)."""
+def direct_streams(application: Any, *, skip: Iterable[str] = ()) -> Any:
+    """Wrap Django's ASGI application so streams take the direct path (module docstring).
+
+    ``skip``: dotted paths of the project's own middleware that a stream may do
+    without. Any other middleware not in ``KNOWN`` keeps streams on Django's path.
+    """
+    skipped = frozenset(skip)
     route: _Route | None = None
 
     async def app(scope: Scope, receive: Any, send: Any) -> None:
         nonlocal route
         if scope.get("type") == "http" and scope.get("method") == "GET":
             if route is None:
-                route = _Route()
+                route = _Route(skipped)
             # Mounted under a prefix (root_path), the path differs: Django's to route.
             if (
                 route.path is not None

@@ -1,10 +1,13 @@
-"""An end-to-end server's settings with one more middleware, which marks what it served.
+"""An end-to-end server's settings with more middleware, one of which marks what it served.
 
-``server_settings`` plus :class:`MarkChain` last in ``MIDDLEWARE``: a response
-that went through Django's middleware chain carries ``X-Chain: 1``.
+``server_settings`` plus :class:`MarkChain` and whatever ``EXTRA_MIDDLEWARE``
+names (comma-separated) last in ``MIDDLEWARE``: a response that went through
+Django's middleware chain carries ``X-Chain: 1``.
 """
 
 from __future__ import annotations
+
+import os
 
 from django.http import HttpRequest, HttpResponseBase
 from django.utils.deprecation import MiddlewareMixin
@@ -21,4 +24,8 @@ class MarkChain(MiddlewareMixin):
         return response
 
 
-MIDDLEWARE = [*MIDDLEWARE, "tests.e2e.chain_settings.MarkChain"]
+MIDDLEWARE = [
+    *MIDDLEWARE,
+    "tests.e2e.chain_settings.MarkChain",
+    *filter(None, os.environ.get("EXTRA_MIDDLEWARE", "").split(",")),
+]

@@ -1,9 +1,10 @@
 """``alarms.asgi.direct_streams``: the stream served without Django's middleware chain.
 
 Each test runs a real daphne process with a middleware that marks what went
-through the chain (``tests.e2e.chain_settings``), once with the demo's ASGI
-application (direct) and once without the wrapper (Django's path): the stream
-must be the same either way, and only the direct one skips the chain.
+through the chain (``tests.e2e.chain_settings``), once with the direct path
+(told it may skip that middleware) and once without the wrapper (Django's
+path): the stream must be the same either way, and only the direct one skips
+the chain. A middleware the path does not know keeps streams on Django's path.
 """
 
 from __future__ import annotations
@@ -24,16 +25,21 @@ TEXTS = {
     "en": {"title": "Fire drill", "message": "Leave by the east stairs."},
     "ko": {"title": "소방 훈련", "message": "동쪽 계단으로 나가십시오."},
 }
-APPS = {"direct": "config.asgi:application", "django": "tests.e2e.plain_asgi:application"}
+APPS = {"direct": "tests.e2e.asgi:direct", "django": "tests.e2e.asgi:django"}
 
 
 class ChainServer(Server):
-    def __init__(self, application: str, **kwargs: Any) -> None:
+    def __init__(self, application: str, extra_middleware: str = "", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.application = application
+        self.extra_middleware = extra_middleware
 
     def env(self) -> dict[str, str]:
-        return {**super().env(), "DJANGO_SETTINGS_MODULE": "tests.e2e.chain_settings"}
+        return {
+            **super().env(),
+            "DJANGO_SETTINGS_MODULE": "tests.e2e.chain_settings",
+            "EXTRA_MIDDLEWARE": self.extra_middleware,
+        }
 
     def command(self) -> list[str]:
         return [*super().command()[:-1], self.application]
@@ -43,8 +49,8 @@ class ChainServer(Server):
 def chain_server(transactional_db: None) -> Iterator[Callable[..., ChainServer]]:
     started: list[ChainServer] = []
 
-    def make(path: str, **alarms: Any) -> ChainServer:
-        server = ChainServer(APPS[path], alarms=alarms).start()
+    def make(path: str, extra_middleware: str = "", **alarms: Any) -> ChainServer:
+        server = ChainServer(APPS.get(path, path), extra_middleware, alarms=alarms).start()
         started.append(server)
         return server
 
@@ -104,3 +110,30 @@ def test_refusals_are_the_same_on_either_path(chain_server, path) -> None:
     assert status == 405
     log = server.log.read_text()
     assert "Invalid HTTP_HOST header: 'evil.example'" in log
+
+
+def test_a_middleware_it_does_not_know_keeps_streams_on_djangos_path(chain_server) -> None:
+    # The demo's application, which names no middleware to skip.
+    server = chain_server("config.asgi:application")
+    with Stream(f"{server.url}/alarms/stream/") as stream:
+        assert stream.status == 200
+        assert stream.headers["X-Chain"] == "1"
+    assert "direct_streams: tests.e2e.chain_settings.MarkChain may do" in server.log.read_text()
+
+
+@pytest.mark.parametrize("path", APPS)
+def test_login_required_middleware_still_guards_the_stream(
+    chain_server, path, make_user, session_cookie
+) -> None:
+    server = chain_server(
+        path, extra_middleware="django.contrib.auth.middleware.LoginRequiredMiddleware"
+    )
+    api.send_alarm(TEXTS, audience="everyone")
+    # Anonymous: Django's redirect to the login page, never an alarm meant for everyone.
+    status, headers, _ = http_request(server.port, "GET", "/alarms/stream/", {})
+    assert status == 302
+    assert headers["Location"].startswith("/accounts/login/")
+    name, value = session_cookie(make_user("erin"))
+    with Stream(f"{server.url}/alarms/stream/", cookies={name: value}) as stream:
+        assert stream.status == 200
+        assert stream.next_event(15).json()["title"] == "Fire drill"
