@@ -40,7 +40,12 @@ from collections.abc import Callable, Iterable
 from types import FrameType
 from typing import Any
 
-__all__ = ["install_shutdown_handlers", "probe"]
+__all__ = [
+    "install_shutdown_handlers",
+    "probe",
+    "session_loaded",
+    "set_session_data",
+]
 
 _Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
 
@@ -50,6 +55,24 @@ _ending_at_exit: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
 #: After the last stream closed, how long the loop gets to flush its last bytes
 #: before the process goes on exiting (exit mode only).
 FLUSH_SECONDS = 0.1
+
+
+def session_loaded(session: Any) -> bool:
+    """Whether a Django session has read its data already."""
+    return hasattr(session, "_session_cache")
+
+
+def set_session_data(session: Any, data: dict[str, Any]) -> None:
+    """Give a Django session the data its ``load()`` would have read.
+
+    ``SessionBase._get_session`` keeps what ``load()`` returned in
+    ``_session_cache`` and reads nothing while it is there; the stream reads a
+    database session's data and expiry in one query and hands the data over
+    (``alarms.broker.base.prime_session``). If Django stops honouring it, the
+    session loads itself again: one query more, nothing wrong
+    (``tests/test_broker.py::test_a_signed_in_connect_reads_its_session_once``).
+    """
+    session._session_cache = data
 
 
 def probe() -> list[str]:

@@ -12,8 +12,9 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.contrib.auth import get_user_model
 from django.contrib.sessions.backends.db import SessionStore
+from django.contrib.sessions.models import Session
 from django.db import OperationalError, connection, connections
-from django.test import RequestFactory, override_settings
+from django.test import Client, RequestFactory, override_settings
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
@@ -408,3 +409,24 @@ def test_the_brokers_own_reads_go_before_queued_connect_loads() -> None:
     asyncio.run(main())
     broker._executor.shutdown()
     assert order == ["blocker", "journal read", "connect 0", "connect 1", "connect 3", "connect 4"]
+
+
+def test_a_signed_in_connect_reads_its_session_once(db) -> None:
+    """The session's data and its expiry come in one query (``prime_session``)."""
+    from alarms.views.stream import _load
+
+    user = get_user_model().objects.create_user("sam")
+    client = Client()
+    client.force_login(user)
+    key = client.cookies["sessionid"].value
+    stored = Session.objects.get(session_key=key).expire_date
+    request = RequestFactory().get("/alarms/stream/")
+    request.session = SessionStore(key)
+
+    with CaptureQueriesContext(connection) as queries:
+        state, missed = _load(MemoryBroker(), request, "en", [], None, 0)
+
+    assert (state.viewer.user_id, state.session_key, state.expires_at) == (user.pk, key, stored)
+    assert missed is None
+    reads = [q["sql"] for q in queries.captured_queries if '"django_session"' in q["sql"]]
+    assert len(reads) == 1, reads

@@ -704,9 +704,17 @@ class BaseBroker:
     # -- streams -----------------------------------------------------------
 
     def load_viewer(
-        self, user: Any, language: str, alarm_ids: list[int], session: Any = None
+        self,
+        user: Any,
+        language: str,
+        alarm_ids: list[int],
+        session: Any = None,
+        expires_at: datetime | None = None,
     ) -> ConnectState:
-        """Runs in a database thread: the viewer, their receipts and their session."""
+        """Runs in a database thread: the viewer, their receipts and their session.
+
+        ``expires_at``: the session's expiry if the caller read it (``prime_session``).
+        """
         from alarms.models import AlarmReceipt
 
         if not getattr(user, "is_authenticated", False):
@@ -730,7 +738,9 @@ class BaseBroker:
             if dismissed_at:
                 dismissed.add(alarm_id)
         key = getattr(session, "session_key", None)
-        return ConnectState(viewer, seen, dismissed, key, _session_expiry(session) if key else None)
+        if key and expires_at is None:
+            expires_at = _session_expiry(session)
+        return ConnectState(viewer, seen, dismissed, key, expires_at if key else None)
 
     def subscribe(self, state: ConnectState, address: str = "") -> Subscriber:
         """Register a stream (on the broker's loop, after :meth:`ensure_started`)."""
@@ -1030,6 +1040,34 @@ def _active_user(user_id: int) -> Any:
 
     user = get_user_model()._default_manager.filter(pk=user_id).first()
     return user if user is not None and getattr(user, "is_active", True) else None
+
+
+def prime_session(session: Any) -> datetime | None:
+    """Load a database session and its stored expiry in one query; the expiry, or None.
+
+    Django's database engines read the data and then, for the stream, the
+    expiry again (``_session_expiry``): two queries per signed-in connect. This
+    reads both, and hands the data to the session as its own ``load()`` would
+    (``runtime.set_session_data``). None, and nothing loaded, for another
+    engine, no key, or a session that is gone or expired: the session's own
+    ``load()`` then decides, as before.
+    """
+    from alarms import runtime
+
+    model = getattr(type(session), "get_model_class", None)
+    key = getattr(session, "session_key", None)
+    if model is None or not key or runtime.session_loaded(session):
+        return None
+    row = (
+        model()
+        .objects.filter(session_key=key, expire_date__gt=timezone.now())
+        .values_list("session_data", "expire_date")
+        .first()
+    )
+    if row is None:
+        return None
+    runtime.set_session_data(session, session.decode(row[0]))
+    return row[1]
 
 
 def _session_expiry(session: Any) -> datetime | None:

@@ -28,6 +28,7 @@ from alarms.broker.base import (
     ConnectState,
     Missed,
     Subscriber,
+    prime_session,
 )
 from alarms.translation import supported_language
 
@@ -174,9 +175,9 @@ def _load(
     since: tuple[int, int] | None,
     head: int,
 ) -> tuple[ConnectState, Missed | None]:
-    state = broker.load_viewer(
-        get_user(request), language, alarm_ids, getattr(request, "session", None)
-    )
+    session = getattr(request, "session", None)
+    expires_at = prime_session(session) if session is not None else None
+    state = broker.load_viewer(get_user(request), language, alarm_ids, session, expires_at)
     return state, broker.read_missed(state.viewer, since, head) if since is not None else None
 
 
