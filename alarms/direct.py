@@ -13,12 +13,14 @@ A stream needs little of that chain. This path does what it needs on the
 event loop, with Django's own code where there is some:
 
 - ``ALLOWED_HOSTS`` (``request.get_host()``), errors answered by Django's
-  ``response_for_exception``, as the handler would;
+  ``response_for_exception`` and every 4xx/5xx logged, as the handler would;
 - ``SecurityMiddleware``'s redirect and headers, when it is installed;
 - the session from its cookie, loaded with the user in the broker's database
-  thread, as on the normal path;
-- the reader's language as a ``LocaleMiddleware`` would choose it
-  (``alarms.translation.request_language``);
+  thread, as on the normal path, and what ``SessionMiddleware`` would write
+  back (a cycled key, a renewal, the deletion of a stale cookie) when there is
+  any;
+- the reader's language as the listed ``LocaleMiddleware`` would choose it
+  (Django's, or ``alarms.middleware.LocaleMiddleware``);
 - the view itself with its decorators (CORS, ``never_cache``, ``require_GET``),
   found by resolving the URL.
 
@@ -44,23 +46,27 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import aclosing, suppress
 from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.conf.urls.i18n import is_language_prefix_patterns_used
+from django.contrib.sessions.middleware import SessionMiddleware
 from django.core.handlers.asgi import ASGIRequest
 from django.core.handlers.exception import response_for_exception
-from django.http import HttpRequest, HttpResponseBase
+from django.http import HttpRequest, HttpResponseBadRequest, HttpResponseBase
 from django.middleware.security import SecurityMiddleware
 from django.urls import NoReverseMatch, resolve, reverse
 from django.utils import translation
+from django.utils.log import log_response
 from django.utils.module_loading import import_string
 
 from alarms.translation import request_language
 
 logger = logging.getLogger("alarms.stream")
+request_logger = logging.getLogger("django.request")
 
 Scope = dict[str, Any]
 
@@ -129,7 +135,17 @@ class _Route:
         self.security = (
             SecurityMiddleware(lambda request: None) if SECURITY_MIDDLEWARE in middleware else None
         )
-        self.localised = any(name.rsplit(".", 1)[-1] == "LocaleMiddleware" for name in middleware)
+        self.sessions = SessionMiddleware(lambda request: None)
+        # The language as the listed LocaleMiddleware would choose it, none without one.
+        self.language: Callable[[HttpRequest], str] | None = None
+        if "alarms.middleware.LocaleMiddleware" in middleware:
+            self.language = request_language
+        elif "django.middleware.locale.LocaleMiddleware" in middleware:
+            self.language = translation.get_language_from_request
+        used, prefixed_default = is_language_prefix_patterns_used(settings.ROOT_URLCONF)
+        if used and not prefixed_default:
+            # Django's rule: a path without a language prefix is LANGUAGE_CODE.
+            self.language = None
 
 
 def direct_streams(application: Any, *, skip: Iterable[str] = ()) -> Any:
@@ -167,7 +183,15 @@ async def _serve(route: _Route, scope: Scope, receive: Any, send: Any) -> None:
             return
         if not message.get("more_body"):
             break
-    request = ASGIRequest(scope, io.BytesIO())
+    try:
+        request = ASGIRequest(scope, io.BytesIO())
+    except UnicodeDecodeError:
+        # As Django's ASGIHandler.create_request answers it.
+        request_logger.warning(
+            "Bad Request (UnicodeDecodeError)", exc_info=True, extra={"status_code": 400}
+        )
+        await _send(HttpResponseBadRequest(), send)
+        return
     response = await _respond(route, request)
     sender = asyncio.create_task(_send(response, send))
     watcher = asyncio.create_task(_disconnected(receive))
@@ -184,22 +208,43 @@ async def _serve(route: _Route, scope: Scope, receive: Any, send: Any) -> None:
 
 
 async def _respond(route: _Route, request: HttpRequest) -> HttpResponseBase:
+    response = await _view_response(route, request)
+    if route.security is not None:
+        response = route.security.process_response(request, response)
+    if response.status_code >= 400:
+        # As Django's handler logs what a view answered (once: errors are logged already).
+        await sync_to_async(log_response, thread_sensitive=False)(
+            "%s: %s", response.reason_phrase, request.path, response=response, request=request
+        )
+    return response
+
+
+async def _view_response(route: _Route, request: HttpRequest) -> HttpResponseBase:
     try:
         request.get_host()  # ALLOWED_HOSTS, as CommonMiddleware would check it
         if route.security is not None:
             redirect = route.security.process_request(request)
             if redirect is not None:
                 return redirect
-        request.session = route.session_store(request.COOKIES.get(route.cookie_name))
-        language = request_language(request) if route.localised else settings.LANGUAGE_CODE
+        session = request.session = route.session_store(request.COOKIES.get(route.cookie_name))
+        language = route.language(request) if route.language else settings.LANGUAGE_CODE
         with translation.override(language):
             request.LANGUAGE_CODE = language
             response = await route.view(request)
-        if route.security is not None:
-            response = route.security.process_response(request, response)
+        # The session is loaded in the broker's thread by now. What SessionMiddleware
+        # would write back (a key cycled by a SECRET_KEY_FALLBACKS login, a renewal
+        # under SESSION_SAVE_EVERY_REQUEST, the deletion of a stale cookie), it writes.
+        if (
+            session.modified
+            or settings.SESSION_SAVE_EVERY_REQUEST
+            or (route.cookie_name in request.COOKIES and session.is_empty())
+        ):
+            response = await sync_to_async(route.sessions.process_response, thread_sensitive=False)(
+                request, response
+            )
         return response
     except Exception as exc:  # answered as Django's handler answers it
-        return await sync_to_async(response_for_exception)(request, exc)
+        return await sync_to_async(response_for_exception, thread_sensitive=False)(request, exc)
 
 
 async def _send(response: HttpResponseBase, send: Any) -> None:

@@ -99,8 +99,13 @@ def test_refusals_are_the_same_on_either_path(chain_server, path) -> None:
     server = chain_server(path, CORS_ALLOWED_ORIGINS=["https://listed.example"])
     stream = "/alarms/stream/"
     # A Host outside ALLOWED_HOSTS: Django's 400.
-    status, _, _ = http_request(server.port, "GET", stream, {"Host": "evil.example"})
-    assert status == 400
+    status, headers, _ = http_request(server.port, "GET", stream, {"Host": "evil.example"})
+    assert (status, headers["X-Content-Type-Options"]) == (400, "nosniff")
+    # A session cookie naming no session: Django deletes it, on either path.
+    with Stream(f"{server.url}{stream}", cookies={"sessionid": "gone"}) as anonymous:
+        assert anonymous.status == 200
+        cookies = anonymous.headers.get_all("Set-Cookie") or []
+    assert any(c.startswith('sessionid=""') for c in cookies), cookies
     # An origin not listed: the CORS decorator's 403.
     status, _, body = http_request(server.port, "GET", stream, {"Origin": "https://evil.example"})
     assert status == 403
@@ -110,6 +115,7 @@ def test_refusals_are_the_same_on_either_path(chain_server, path) -> None:
     assert status == 405
     log = server.log.read_text()
     assert "Invalid HTTP_HOST header: 'evil.example'" in log
+    assert "Forbidden: /alarms/stream/" in log  # the 403, logged as Django logs it
 
 
 def test_a_middleware_it_does_not_know_keeps_streams_on_djangos_path(chain_server) -> None:
