@@ -320,3 +320,18 @@ def test_a_real_server_whose_listener_is_killed_is_degraded_then_recovers(
     assert (status, body["status"]) == (200, "ok")
     assert body["checks"]["listener"] == {"ok": True, "listening": True, "connected": True}
     assert body["checks"]["journal"]["lag"] == 0
+
+
+@pytest.mark.parametrize(
+    ("url", "headers"),
+    [
+        ("/alarms/health/", {}),
+        ("/alarms/metrics/", {}),
+        ("/alarms/stream/", {"Origin": "https://elsewhere.example"}),
+    ],
+)
+def test_async_views_run_under_atomic_requests(db, monkeypatch, url, headers) -> None:
+    # Django refuses an async view in ATOMIC_REQUESTS' transaction unless marked: a 500.
+    monkeypatch.setitem(connection.settings_dict, "ATOMIC_REQUESTS", True)
+    response = Client().get(url, headers=headers)
+    assert response.status_code in (200, 403), response.status_code
