@@ -69,7 +69,7 @@ def test_the_unit_serves_streams_and_stops_within_its_timeout(unit: Unit) -> Non
         stopped = time.monotonic()
         process.send_signal(signal.Signals[settings["KillSignal"]])
         with pytest.raises(EOFError):
-            stream.drain(5)  # the stream ends cleanly, with a hint to come back soon
+            stream.drain(15)  # the stream ends cleanly, with a hint to come back soon
     assert "closed: shutdown" in stream.parser.comments
     assert stream.parser.retry is not None and stream.parser.retry <= 1000
     # Until daphne stops, a new stream is refused, so a proxy passes it on to
