@@ -106,7 +106,8 @@ class _Route:
     def __init__(self, skip: frozenset[str]) -> None:
         middleware = list(settings.MIDDLEWARE)
         self.path: str | None = None
-        unknown = [name for name in middleware if name not in KNOWN | skip]
+        allowed = KNOWN | skip
+        unknown = [name for name in middleware if name not in allowed]
         if unknown:
             logger.info(
                 "direct_streams: %s may do what a stream needs (it is not known to this path, "

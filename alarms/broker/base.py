@@ -1052,8 +1052,6 @@ def prime_session(session: Any) -> datetime | None:
     engine, no key, or a session that is gone or expired: the session's own
     ``load()`` then decides, as before.
     """
-    from alarms import runtime
-
     model = getattr(type(session), "get_model_class", None)
     key = getattr(session, "session_key", None)
     if model is None or not key or runtime.session_loaded(session):

@@ -176,7 +176,7 @@ def _load(
     head: int,
 ) -> tuple[ConnectState, Missed | None]:
     session = getattr(request, "session", None)
-    expires_at = prime_session(session) if session is not None else None
+    expires_at = prime_session(session)
     state = broker.load_viewer(get_user(request), language, alarm_ids, session, expires_at)
     return state, broker.read_missed(state.viewer, since, head) if since is not None else None
 

@@ -264,29 +264,17 @@ def test_each_change_reaches_the_stream_every_time(server, make_user, session_co
 
     with open_stream(server, session_cookie(mia)) as stream:
         quiet(stream, 0.3)
+        cases: list[tuple[str, Callable[[], object], str, int]] = [
+            ("group added", lambda: mia.groups.add(night_shift), "alarm", shift.pk),
+            ("group removed", lambda: mia.groups.remove(night_shift), "retract", shift.pk),
+            ("staff given", lambda: set_staff(True), "alarm", staff.pk),
+            ("staff taken", lambda: set_staff(False), "retract", staff.pk),
+            ("selected user added", lambda: selected.users.add(mia), "alarm", selected.pk),
+            ("selected user removed", lambda: selected.users.remove(mia), "retract", selected.pk),
+        ]
         for _ in range(TRIES):
-            timed(
-                "group added",
-                lambda: mia.groups.add(night_shift),
-                expect(stream, "alarm", shift.pk),
-            )
-            timed(
-                "group removed",
-                lambda: mia.groups.remove(night_shift),
-                expect(stream, "retract", shift.pk),
-            )
-            timed("staff given", lambda: set_staff(True), expect(stream, "alarm", staff.pk))
-            timed("staff taken", lambda: set_staff(False), expect(stream, "retract", staff.pk))
-            timed(
-                "selected user added",
-                lambda: selected.users.add(mia),
-                expect(stream, "alarm", selected.pk),
-            )
-            timed(
-                "selected user removed",
-                lambda: selected.users.remove(mia),
-                expect(stream, "retract", selected.pk),
-            )
+            for case, change, kind, alarm_id in cases:
+                timed(case, change, expect(stream, kind, alarm_id))
 
     def sign_out(case: str, change: Callable[[str], object]) -> None:
         """A fresh session and stream for ``change``, which must end the stream."""
