@@ -170,7 +170,7 @@ class _Valve:
         )
         from alarms.broker import get_broker
 
-        get_broker().stats["aborted_stalled"] += 1
+        get_broker().counters.aborted_stalled += 1
         self.close()
         if transport is not None:
             # Dropping the connection frees Twisted's buffer; daphne then tells

@@ -15,7 +15,8 @@ from alarms.conf import get_config
 
 @register(Tags.compatibility)
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
-    from alarms.broker.base import BaseBroker, broker_path
+    from alarms.broker import broker_path
+    from alarms.broker.base import BaseBroker
 
     messages: list[Any] = []
     codes = [code for code, _name in settings.LANGUAGES]
@@ -82,6 +83,17 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
     messages.extend(cors_origin_errors(config["CORS_ALLOWED_ORIGINS"]))
     messages.extend(base_template_errors(config["BASE_TEMPLATE"]))
     return messages
+
+
+@register(Tags.compatibility)
+def check_runtime(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+    """The hooks into other libraries' internals (``alarms.runtime``) still hold."""
+    from alarms import runtime
+
+    return [
+        Warning(problem, hint="See alarms/runtime.py; please report it.", id="alarms.W003")
+        for problem in runtime.probe()
+    ]
 
 
 def base_template_errors(name: Any) -> list[Error]:

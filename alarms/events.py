@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from typing import Any
 
 _FIELD_UNSAFE = re.compile(r"[\r\n\0]")
@@ -58,6 +59,14 @@ def dismiss(alarm_id: int, event_id: str) -> bytes:
 
 def format_event_id(seq: int, millis: int) -> str:
     return f"{seq}-{millis}"
+
+
+def event_id(seq: int) -> str:
+    """The id of an event sent now by a broker that has read the journal up to ``seq``.
+
+    The clock part tells a resuming reader's broker since when it was away.
+    """
+    return format_event_id(seq, int(time.time() * 1000))
 
 
 # A database id (an alarm's, a journal row's) is a signed 64-bit integer.

@@ -20,9 +20,13 @@ from django.utils import timezone
 
 import alarms.broker as broker_module
 from alarms import api
-from alarms.broker.base import AddressFull, BaseBroker, BrokerFull, ConnectState, Viewer
+from alarms.broker.base import BaseBroker
+from alarms.broker.cache import Viewer
+from alarms.broker.connect import replay, snapshot
 from alarms.broker.memory import MemoryBroker
 from alarms.broker.postgres import PostgresBroker
+from alarms.broker.reads import ConnectState
+from alarms.broker.subscribers import AddressFull, BrokerFull
 from alarms.models import Alarm
 from alarms.views.stream import stream as stream_view
 from tests.sse import parse
@@ -108,7 +112,7 @@ class BrokerContract:
             slow = broker.subscribe(viewer())
             for i in range(3):
                 await sync_to_async(api.send_alarm)(en(f"n{i}"), audience="everyone")
-                await until(lambda n=i + 1: broker.stats["events"] >= n)
+                await until(lambda n=i + 1: broker.counters.events >= n)
             assert slow.closed == "slow"
 
         run(test)
@@ -139,7 +143,7 @@ class BrokerContract:
             broker.unsubscribe(first)
             broker.unsubscribe(first)  # twice is harmless: the count stays right
             broker.subscribe(viewer(), "10.0.0.1")
-            assert broker.by_address == {"10.0.0.1": 2, "10.0.0.2": 1}
+            assert broker.subscribers.by_address == {"10.0.0.1": 2, "10.0.0.2": 1}
             assert first.closed is None  # existing streams are never closed for it
 
         run(test)
@@ -151,7 +155,7 @@ class BrokerContract:
 
         async def test(broker: BaseBroker) -> None:
             sub = broker.subscribe(viewer())
-            [chunk] = broker.snapshot(sub, set())
+            [chunk] = snapshot(broker, sub, set())
             assert parse(chunk.decode())[0].json()["url"] == ""
 
         run(test)
@@ -164,11 +168,11 @@ class BrokerContract:
             head, since = broker.head, (broker.head, int(time.time() * 1000))
             sub = broker.subscribe(viewer())
             sub.tracking = set()  # as the stream view does before its journal read
-            missed = await broker.run_db(broker.read_missed, sub.viewer, since, head)
+            missed = await broker.run_db(broker.reads.missed, sub.viewer, since, head)
             await sync_to_async(api.send_alarm)(en("During"), audience="everyone")
             queued = await sub.next(3)
             assert queued
-            replayed = broker.replay(sub, missed)
+            replayed = replay(broker, sub, missed)
             titles = [e.json()["title"] for c in replayed + queued for e in parse(c.decode())]
             assert titles.count("During") == 1
             assert "Before" not in titles  # published before the resume point
@@ -233,12 +237,12 @@ class BrokerContract:
             assert parse(first[0].decode())[0].event == "alarm"
             # From publication to expiry: the alarm's own NOTIFYs (one per row of
             # its transaction) were read long before, and the timer needs none.
-            reads = broker.stats["reads"]
+            reads = broker.counters.reads
             second = await sub.next(10)
             assert parse(second[0].decode())[0].event == "retract"
             assert alarm.pk not in broker.alarms
             if isinstance(broker, PostgresBroker):
-                assert broker.stats["reads"] == reads  # the timer needed no query
+                assert broker.counters.reads == reads  # the timer needed no query
 
         run(test)
 
@@ -307,7 +311,7 @@ class TestPostgresBroker(BrokerContract):
             sub = broker.subscribe(viewer())
             await sync_to_async(api.send_alarm)(en("Via NOTIFY"), audience="everyone")
             assert await sub.next(3)
-            assert broker.stats["notifications"] >= 1
+            assert broker.counters.notifications >= 1
 
         run(test)
 
@@ -331,7 +335,7 @@ def test_a_resume_finds_what_expired_by_index_not_by_scanning_every_alarm(db):
     broker = PostgresBroker()
     since = (0, int((time.time() - 60) * 1000))  # away for a minute
     with CaptureQueriesContext(connections[broker.alias]) as queries:
-        assert broker.read_missed(Viewer(), since, 0) is not None
+        assert broker.reads.missed(Viewer(), since, 0) is not None
     (expired,) = [q["sql"] for q in queries if '"expires_at" <=' in q["sql"]]
     with connection.cursor() as cursor:
         cursor.execute("EXPLAIN " + expired)
@@ -346,15 +350,15 @@ def test_a_failed_start_retried_keeps_one_listener(transactional_db, monkeypatch
 
     async def main() -> None:
         broker = PostgresBroker()
-        real, calls = broker._load_all, []
+        real, calls = broker.reads.everything, []
 
-        def flaky() -> None:
+        def flaky() -> Any:
             calls.append(1)
             if len(calls) == 1:
                 raise OperationalError("the database is away")
-            real()
+            return real()
 
-        monkeypatch.setattr(broker, "_load_all", flaky)
+        monkeypatch.setattr(broker.reads, "everything", flaky)
         try:
             with pytest.raises(OperationalError):
                 await broker.ensure_started()
@@ -413,7 +417,7 @@ def test_the_brokers_own_reads_go_before_queued_connect_loads() -> None:
 
 def test_a_signed_in_connect_reads_its_session_once(db) -> None:
     """The session's data and its expiry come in one query (``prime_session``)."""
-    from alarms.views.stream import _load
+    from alarms.broker.connect import _load
 
     user = get_user_model().objects.create_user("sam")
     client = Client()

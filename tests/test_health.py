@@ -19,8 +19,9 @@ from django.urls import reverse
 
 import alarms.broker as broker_module
 from alarms import api
-from alarms.broker.base import ConnectState, Viewer
+from alarms.broker.cache import Viewer
 from alarms.broker.postgres import PostgresBroker
+from alarms.broker.reads import ConnectState
 from alarms.models import AlarmChange
 from alarms.views import health as health_module
 from tests.e2e import conftest as e2e
@@ -197,7 +198,7 @@ def test_a_broker_that_cannot_start_is_down(run: Runner, monkeypatch: pytest.Mon
 
     async def test() -> None:
         broker = broker_module.get_broker()
-        monkeypatch.setattr(broker, "_load_all", fail.__get__(broker))
+        monkeypatch.setattr(broker.reads, "everything", fail.__get__(broker.reads))
         status, body = await get_health()
         assert status == 503
         assert body["status"] == "down"

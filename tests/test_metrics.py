@@ -13,14 +13,10 @@ from django.test import Client, override_settings
 from django.urls import reverse
 
 import alarms.broker as broker_module
-from alarms.broker.base import (
-    AddressFull,
-    BaseBroker,
-    BrokerFull,
-    ConnectState,
-    Subscriber,
-    Viewer,
-)
+from alarms.broker.base import BaseBroker
+from alarms.broker.cache import Viewer
+from alarms.broker.reads import ConnectState
+from alarms.broker.subscribers import AddressFull, BrokerFull, Subscriber
 from tests.factories import make_user
 
 URL = reverse("alarms:metrics")
@@ -316,9 +312,11 @@ def test_values_are_the_brokers() -> None:
         "delivered": 19,
         "closed_signed_out": 20,
         "closed_session_expired": 21,
+        "reauthorised": 22,
     }
-    broker.stats.update(counted)
-    broker.timings.update(read_ms=2.5, fan_out_ms=0.5, lag_s=1.25)
+    for name, value in counted.items():
+        setattr(broker.counters, name, value)
+    broker.timings.read_ms, broker.timings.fan_out_ms, broker.timings.lag_s = 2.5, 0.5, 1.25
     broker.head = 42
     broker.alarms.update(dict.fromkeys((1, 2, 3)))  # type: ignore[arg-type]
     broker.shutting_down = True  # refuses new streams as a full process does
@@ -345,6 +343,7 @@ def test_values_are_the_brokers() -> None:
         ("alarms_events_delivered_total", ()): 19,
         ("alarms_reads_total", ()): 14,
         ("alarms_notifications_total", ()): 15,
+        ("alarms_users_reauthorised_total", ()): 22,
         (closed, (("reason", "slow"),)): 1,
         (closed, (("reason", "replaced"),)): 1,
         (closed, (("reason", "lifetime"),)): 17,

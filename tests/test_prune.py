@@ -11,7 +11,8 @@ from django.db import connection, connections
 from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 
-from alarms.broker.base import BaseBroker, Viewer
+from alarms.broker.base import BaseBroker
+from alarms.broker.cache import Viewer
 from alarms.management.commands.prune_alarms import LOCK_KEY
 from alarms.models import Alarm, AlarmChange, AlarmReceipt, AlarmTranslation
 from tests.factories import ago, ahead, make_alarm, make_user
@@ -179,9 +180,9 @@ def test_newest_row_kept_so_a_resume_from_before_the_prune_gets_a_snapshot() -> 
     broker = BaseBroker()
     viewer = Viewer(user_id=None)
     # From before the kept row: "pruned", so a snapshot instead of a replay.
-    assert broker.read_missed(viewer, (first, 0), last) is None
+    assert broker.reads.missed(viewer, (first, 0), last) is None
     # From just before it: nothing was lost, replay as usual.
-    assert broker.read_missed(viewer, (last - 1, 0), last) is not None
+    assert broker.reads.missed(viewer, (last - 1, 0), last) is not None
 
 
 # -- bad input and concurrent runs ----------------------------------------------------

@@ -1,4 +1,16 @@
-"""The process-wide broker (see ``base``), created lazily from ``ALARMS['BROKER']``."""
+"""The process-wide broker, created lazily from ``ALARMS['BROKER']``.
+
+Its parts, each a module here:
+
+- ``base``: the broker itself: start and stop, the read loop, authorisation
+  that follows the user; ``memory`` and ``postgres`` say what wakes it;
+- ``cache``: the alarms it holds in memory and who a stream reads as;
+- ``subscribers``: the open streams, their queues and indexes;
+- ``reads`` and ``sessions``: every query it makes, in ``threads``;
+- ``fanout``: what each stream is sent when something changes;
+- ``connect``: opening a stream, with its snapshot or replay;
+- ``counters``: what ``/alarms/metrics/`` reports.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +18,8 @@ import threading
 from typing import TYPE_CHECKING
 
 from django.utils.module_loading import import_string
+
+from alarms.conf import get_config
 
 if TYPE_CHECKING:
     from alarms.broker.base import BaseBroker
@@ -18,8 +32,6 @@ def get_broker() -> BaseBroker:
     global _broker
     with _lock:
         if _broker is None:
-            from alarms.broker.base import broker_path
-
             _broker = import_string(broker_path())()
         return _broker
 
@@ -35,3 +47,17 @@ def reset_broker() -> None:
     global _broker
     with _lock:
         _broker = None
+
+
+def broker_path() -> str:
+    """The broker class to use: ``ALARMS['BROKER']``, else one for the database."""
+    path = get_config()["BROKER"]
+    if path:
+        return str(path)
+    from django.conf import settings
+
+    alias = get_config()["DATABASE"]
+    engine = settings.DATABASES.get(alias, {}).get("ENGINE", "")
+    if "postgresql" in engine or "postgis" in engine:
+        return "alarms.broker.postgres.PostgresBroker"
+    return "alarms.broker.memory.MemoryBroker"

@@ -17,3 +17,6 @@ class MemoryBroker(BaseBroker):
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), poll if within is None else min(within, poll))
         return True  # each timeout is a poll
+
+    def poll_interval(self) -> float:
+        return float(self.config["POLL_INTERVAL"])

@@ -8,6 +8,7 @@ from typing import Any
 import psycopg
 from django.db import connections
 
+from alarms import runtime
 from alarms.broker.base import BaseBroker
 
 logger = logging.getLogger("alarms.broker")
@@ -49,6 +50,17 @@ class PostgresBroker(BaseBroker):
                     id="alarms.E005",
                 )
             ]
+        if alias in connections and not hasattr(connections[alias], "get_connection_params"):
+            from django.core.checks import Warning
+
+            return [
+                Warning(
+                    "Django's PostgreSQL backend has no get_connection_params(): the "
+                    "broker cannot open its listening connection.",
+                    hint="See alarms.runtime.listen_params; please report it.",
+                    id="alarms.W003",
+                )
+            ]
         return []
 
     async def on_start(self) -> None:
@@ -80,6 +92,13 @@ class PostgresBroker(BaseBroker):
             self.wake()
             raise
 
+    def health(self) -> dict[str, dict[str, Any]]:
+        conn = self.listen_connection
+        connected = conn is not None and not conn.closed
+        listening = self.listening.is_set()
+        check = {"ok": listening and connected, "listening": listening, "connected": connected}
+        return {"listener": check}
+
     async def wait_for_wake(self, within: float | None) -> bool:
         assert self._wake is not None
         safety = self.config["SAFETY_POLL_INTERVAL"]
@@ -91,13 +110,7 @@ class PostgresBroker(BaseBroker):
         return True
 
     def _conninfo(self) -> dict[str, Any]:
-        params = connections[self.alias].get_connection_params()
-        params.pop("cursor_factory", None)
-        params.pop("context", None)
-        params.pop("server_side_binding", None)
-        params.pop("prepare_threshold", None)
-        params["autocommit"] = True
-        return params
+        return runtime.listen_params(connections[self.alias])
 
     async def _listen(self) -> None:
         failures = 0
@@ -119,7 +132,7 @@ class PostgresBroker(BaseBroker):
                     self.listening_since_start = True
                     self.listening.set()
                     async for _notify in conn.notifies():
-                        self.stats["notifications"] += 1
+                        self.counters.notifications += 1
                         self.wake()
             except asyncio.CancelledError:
                 raise

@@ -23,7 +23,6 @@ from django.views.decorators.http import require_GET
 
 from alarms.broker import get_broker
 from alarms.broker.base import BaseBroker
-from alarms.broker.postgres import PostgresBroker
 from alarms.views.access import refusal
 
 # Seconds a check may take before it counts as failed: a health check must answer
@@ -46,8 +45,7 @@ async def health(request: HttpRequest) -> HttpResponse:
     broker = get_broker()
     checks: dict[str, dict[str, Any]] = {"broker": await _broker(broker)}
     checks["database"], checks["journal"] = await _database(broker)
-    if isinstance(broker, PostgresBroker):
-        checks["listener"] = _listener(broker)
+    checks.update(broker.health())
     max_streams = int(broker.config["MAX_STREAMS"])
     checks["streams"] = {
         "ok": len(broker.subscribers) < max_streams,
@@ -129,9 +127,7 @@ async def _database(broker: BaseBroker) -> tuple[dict[str, Any], dict[str, Any]]
     age = None
     if unread_id is not None and unread_at is not None and unread_id > now_head:
         age = max(0.0, (timezone.now() - unread_at).total_seconds())
-    limit = LAG_LIMIT
-    if not isinstance(broker, PostgresBroker):
-        limit += float(broker.config["POLL_INTERVAL"])
+    limit = LAG_LIMIT + broker.poll_interval()
     journal = {
         "ok": age is None or age <= limit,
         "latest": latest,
@@ -140,10 +136,3 @@ async def _database(broker: BaseBroker) -> tuple[dict[str, Any], dict[str, Any]]
         "oldest_unread_seconds": None if age is None else round(age, 1),
     }
     return database, journal
-
-
-def _listener(broker: PostgresBroker) -> dict[str, Any]:
-    conn = broker.listen_connection
-    connected = conn is not None and not conn.closed
-    listening = broker.listening.is_set()
-    return {"ok": listening and connected, "listening": listening, "connected": connected}

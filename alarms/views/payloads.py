@@ -16,7 +16,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
 from alarms import events
-from alarms.broker.base import CachedAlarm
+from alarms.broker.cache import CachedAlarm
 from alarms.models import Alarm
 from alarms.views.receipts import MAX_BATCH
 from alarms.views.stream import stream_language

@@ -8,28 +8,19 @@ import random
 import sys
 import time
 from collections.abc import AsyncIterator
-from typing import Any
 
-from asgiref.sync import SyncToAsync
 from django.conf import settings
-from django.contrib.auth import get_user
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.utils import translation
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
-from alarms import events
+from alarms import events, runtime
 from alarms.asgi import SCOPE_KEY
 from alarms.broker import get_broker
-from alarms.broker.base import (
-    AddressFull,
-    BaseBroker,
-    BrokerFull,
-    ConnectState,
-    Missed,
-    Subscriber,
-    prime_session,
-)
+from alarms.broker.base import BaseBroker
+from alarms.broker.connect import connect
+from alarms.broker.subscribers import AddressFull, BrokerFull, Subscriber
 from alarms.translation import supported_language
 
 logger = logging.getLogger("alarms.stream")
@@ -49,16 +40,8 @@ async def stream(request: HttpRequest) -> HttpResponse:
     address = request.META.get("REMOTE_ADDR") or ""
     # Sessions, the user and their receipts are read in the broker's own
     # database threads, so a storm of connects cannot open a connection each.
-    # The ids are taken here, on the loop: the broker changes that dict.
-    loaded_at = broker.head
-    # One trip to the database thread: the viewer, then what it missed up to
-    # the head as it was here (each trip costs a wake-up of the loop).
-    state, missed = await broker.run_db(
-        _load, broker, request, language, list(broker.alarms), since, loaded_at
-    )
-    state.head = loaded_at
     try:
-        sub = broker.subscribe(state, address)
+        opened = await connect(broker, request, language, since, address)
     except AddressFull:
         limit = broker.config["MAX_STREAMS_PER_ADDRESS"]
         logger.warning(
@@ -82,37 +65,13 @@ async def stream(request: HttpRequest) -> HttpResponse:
         return _refuse(
             503, "This server holds as many alarm streams as it may; try again shortly.\n"
         )
-    if since is not None:
-        # Alarms fanned out from now on reach the queue; the replay must not
-        # send them a second time.
-        sub.tracking = set()
-    head = broker.head
-    try:
-        if missed is not None and head > loaded_at:
-            # Rows fanned out between the load and the subscription reached
-            # neither: read them too.
-            later = await broker.run_db(
-                broker.read_missed, state.viewer, (loaded_at, since[1]), head
-            )
-            missed = missed.merge(later) if later is not None else None
-        if missed is not None:
-            first = broker.replay(sub, missed)
-            broker.stats["resumes"] += 1
-        else:
-            first = broker.snapshot(sub, state.seen)
-            if since is not None:
-                broker.stats["resumes_snapshot"] += 1
-    except BaseException:
-        broker.unsubscribe(sub)
-        raise
-    finally:
-        sub.tracking = None
+    sub, first, state = opened.sub, opened.first, opened.state
     logger.info(
         "stream %d opened: user %s, %s, %s (%d events)",
         sub.id,
         state.viewer.user_id or "-",
         language,
-        "resumed" if missed is not None else "snapshot",
+        "resumed" if opened.resumed else "snapshot",
         len(first),
         extra={
             "event": "stream_opened",
@@ -120,7 +79,7 @@ async def stream(request: HttpRequest) -> HttpResponse:
             "user": state.viewer.user_id,
             "language": language,
             "address": address,
-            "resumed": missed is not None,
+            "resumed": opened.resumed,
             "replayed": len(first),
         },
     )
@@ -167,20 +126,6 @@ def stream_language(request: HttpRequest) -> str:
     return supported_language(active) or settings.LANGUAGE_CODE
 
 
-def _load(
-    broker: BaseBroker,
-    request: HttpRequest,
-    language: str,
-    alarm_ids: list[int],
-    since: tuple[int, int] | None,
-    head: int,
-) -> tuple[ConnectState, Missed | None]:
-    session = getattr(request, "session", None)
-    expires_at = prime_session(session)
-    state = broker.load_viewer(get_user(request), language, alarm_ids, session, expires_at)
-    return state, broker.read_missed(state.viewer, since, head) if since is not None else None
-
-
 async def _events(
     broker: BaseBroker, sub: Subscriber, request: HttpRequest, first: list[bytes]
 ) -> AsyncIterator[bytes]:
@@ -192,8 +137,8 @@ async def _events(
     deadline = opened + lifetime
     # By the first step of the body every middleware has run its response
     # hooks, so the request's thread is not needed again until the end.
-    _release_request_thread()
-    _slim(request)
+    runtime.release_request_thread()
+    runtime.slim_request(request)
     opening = events.encode(retry=int(config["RETRY_MS"])) + events.comment("alarms")
     opening += b"".join(first)
     replayed = len(first)
@@ -203,7 +148,7 @@ async def _events(
         yield opening
         del opening
         # Counted once the server took the bytes (with flow_control: its socket did).
-        broker.stats["delivered"] += replayed
+        broker.counters.delivered += replayed
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -218,7 +163,7 @@ async def _events(
             chunks = await sub.next(max(0.0, min(heartbeat, remaining)))
             if chunks:
                 yield b"".join(chunks)
-                broker.stats["delivered"] += len(chunks)
+                broker.counters.delivered += len(chunks)
             if sub.closed:
                 closing = events.comment(f"closed: {sub.closed}")
                 if sub.closed == "shutdown":
@@ -253,39 +198,3 @@ async def _events(
                 "duration_s": round(duration, 1),
             },
         )
-
-
-def _slim(request: HttpRequest) -> None:
-    """Drop what the request no longer needs: Django holds it for the stream's life.
-
-    By the first body step every middleware has run both its hooks; what is
-    kept is what logging an error at the end may still read.
-    """
-    keep = ("REMOTE_ADDR", "REQUEST_METHOD", "PATH_INFO", "SERVER_NAME", "SERVER_PORT")
-    request.META = {k: request.META[k] for k in keep if k in request.META}
-    drop = ("session", "user", "COOKIES", "_cached_user", "auser", "_messages", "GET", "scope")
-    for name in (*drop, "_stream", "resolver_match", "_post", "_files"):
-        request.__dict__.pop(name, None)
-
-
-def _release_request_thread() -> None:
-    """Let go of the idle thread Django's ASGI handler keeps for this request.
-
-    Each ASGI request runs in its own ``ThreadSensitiveContext``; the first
-    thread-sensitive call (the ``request_started`` receivers) gives it a
-    one-thread executor that lives as long as the request: for a stream, hours
-    of an idle OS thread. Nothing in this request needs that thread again until
-    the response ends (a later call makes a fresh one, cleaned up as usual), so
-    it is shut down now. Without the asgiref internals this relies on, it does
-    nothing.
-    """
-    context_var = getattr(SyncToAsync, "thread_sensitive_context", None)
-    executors: Any = getattr(SyncToAsync, "context_to_thread_executor", None)
-    if context_var is None or executors is None:
-        return
-    context = context_var.get(None)
-    if context is None:
-        return
-    executor = executors.pop(context, None)
-    if executor is not None:
-        executor.shutdown(wait=False)

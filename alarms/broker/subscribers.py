@@ -1,0 +1,178 @@
+"""Open streams: each a bounded queue of encoded events, indexed by user, address and session."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+from collections import defaultdict, deque
+
+from alarms.broker.cache import Viewer
+from alarms.broker.counters import CloseReason
+
+logger = logging.getLogger("alarms.broker")
+
+
+class BrokerFull(Exception):
+    """The process holds ``MAX_STREAMS`` streams already (or is shutting down)."""
+
+
+class AddressFull(BrokerFull):
+    """The client's address holds ``MAX_STREAMS_PER_ADDRESS`` streams already."""
+
+
+class Subscriber:
+    """One open stream: a bounded queue of encoded events and a reason if closed."""
+
+    __slots__ = (
+        "_queue",
+        "_size",
+        "_waiter",
+        "address",
+        "closed",
+        "dismissed",
+        "expires_at",
+        "id",
+        "session",
+        "session_key",
+        "tracking",
+        "viewer",
+    )
+    _ids = itertools.count(1)
+
+    def __init__(self, viewer: Viewer, queue_size: int, address: str = "") -> None:
+        self.id = next(self._ids)
+        self.viewer = viewer
+        self.address = address
+        self.dismissed: set[int] = set()
+        # While a connecting stream awaits its journal read, the ids of alarms
+        # queued to it meanwhile: its replay leaves them to the queue.
+        self.tracking: set[int] | None = None
+        self.closed: CloseReason | None = None
+        # The session the stream was opened with (its key, to authorise the
+        # stream again; its digest, to match the journal's session rows) and
+        # when that session expires: the stream must not outlive it.
+        self.session_key: str | None = None
+        self.session = ""
+        self.expires_at: float | None = None  # time.time() scale
+        self._queue: list[bytes] = []
+        self._size = queue_size
+        self._waiter: asyncio.Future[None] | None = None
+
+    def push(self, chunk: bytes, alarm_id: int | None = None) -> None:
+        """Queue ``chunk``; ``alarm_id`` names the alarm it is about, for a
+        connect in progress (``tracking``)."""
+        if self.closed:
+            return
+        if len(self._queue) >= self._size:
+            # Too slow to keep up: close it; the client reconnects and replays.
+            self.close("slow")
+            logger.warning(
+                "stream %d dropped: %d events queued unread (slow)",
+                self.id,
+                self._size,
+                extra={"event": "stream_slow", "stream": self.id, "address": self.address},
+            )
+            return
+        self._queue.append(chunk)
+        if alarm_id is not None and self.tracking is not None:
+            self.tracking.add(alarm_id)
+        self._wake()
+
+    def close(self, reason: CloseReason) -> None:
+        if not self.closed:
+            self.closed = reason
+            self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def next(self, within: float) -> list[bytes] | None:
+        """Everything queued, waiting at most ``within`` seconds; None on timeout."""
+        if not self._queue and not self.closed:
+            # A bare future and a timer handle: this runs for every stream on
+            # every event, so no wait_for() with its extra task.
+            loop = asyncio.get_running_loop()
+            waiter = self._waiter = loop.create_future()
+            timer = loop.call_later(within, _resolve, waiter)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+                self._waiter = None
+        if not self._queue:
+            return None
+        chunks, self._queue = self._queue, []
+        return chunks
+
+
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+class Subscribers:
+    """Every open stream of the process, and the indexes the broker looks them up by."""
+
+    def __init__(self) -> None:
+        self.all: set[Subscriber] = set()
+        self.by_user: dict[int, deque[Subscriber]] = defaultdict(deque)
+        self.by_address: dict[str, int] = defaultdict(int)
+        # By session digest (``alarms.journal.session_digest``).
+        self.by_session: dict[str, set[Subscriber]] = {}
+
+    def __len__(self) -> int:
+        return len(self.all)
+
+    def __contains__(self, sub: object) -> bool:
+        return sub in self.all
+
+    def check_room(self, address: str, max_streams: int, per_address: int | None) -> None:
+        """Raise :class:`BrokerFull` or :class:`AddressFull` if one more stream may not open."""
+        if len(self.all) >= max_streams:
+            raise BrokerFull
+        if address and per_address is not None and self.by_address[address] >= per_address:
+            raise AddressFull
+
+    def add(self, sub: Subscriber, per_user: int) -> None:
+        """Index ``sub``; past ``per_user`` streams of its user, the oldest is replaced."""
+        self.all.add(sub)
+        if sub.address:
+            self.by_address[sub.address] += 1
+        user_id = sub.viewer.user_id
+        if user_id is not None:
+            mine = self.by_user[user_id]
+            mine.append(sub)
+            while len(mine) > per_user:
+                mine.popleft().close("replaced")
+        if sub.session:
+            self.by_session.setdefault(sub.session, set()).add(sub)
+
+    def remove(self, sub: Subscriber) -> bool:
+        """Forget ``sub``; False if it was not here (removing twice is harmless)."""
+        if sub not in self.all:
+            return False
+        self.all.discard(sub)
+        if sub.address:
+            left = self.by_address[sub.address] - 1
+            if left > 0:
+                self.by_address[sub.address] = left
+            else:
+                del self.by_address[sub.address]
+        user_id = sub.viewer.user_id
+        if user_id is not None and user_id in self.by_user:
+            mine = self.by_user[user_id]
+            with contextlib.suppress(ValueError):
+                mine.remove(sub)
+            if not mine:
+                del self.by_user[user_id]
+        if sub.session:
+            same = self.by_session.get(sub.session)
+            if same is not None:
+                same.discard(sub)
+                if not same:
+                    del self.by_session[sub.session]
+        return True
