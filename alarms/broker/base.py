@@ -9,6 +9,9 @@ at ``publish_at`` or ``expires_at``. Opening a stream is ``connect``.
 
 Subclasses decide what wakes it: ``MemoryBroker`` polls (and is woken at once by
 commits in its own process); ``PostgresBroker`` listens for ``NOTIFY``.
+
+This module stays whole at about 350 lines: it holds the broker's state and the
+one loop that changes it; every other part takes that state as an argument.
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ import contextlib
 import logging
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -29,7 +31,8 @@ from django.utils import timezone
 
 from alarms import events, runtime
 from alarms.broker import fanout
-from alarms.broker.cache import CachedAlarm, Viewer
+from alarms.broker.access import Access
+from alarms.broker.cache import CachedAlarm
 from alarms.broker.counters import CloseReason, Counters, Timings
 from alarms.broker.reads import BATCH, ConnectState, Reads, Row
 from alarms.broker.subscribers import AddressFull, BrokerFull, Subscriber, Subscribers
@@ -40,10 +43,6 @@ from alarms.journal import session_digest
 logger = logging.getLogger("alarms.broker")
 
 T = TypeVar("T")
-
-# Bounds of what the broker remembers of recent access and session rows, for
-# streams whose connect raced them.
-_RECENT = 10_000
 
 
 class BaseBroker:
@@ -65,11 +64,7 @@ class BaseBroker:
         self.alarms: dict[int, CachedAlarm] = {}
         self.head = 0
         self.subscribers = Subscribers()
-        # The journal row of the latest access change per user, and of ended
-        # sessions, kept for streams that connect while one is read.
-        self._access_at: OrderedDict[int, int] = OrderedDict()
-        self._sessions_ended: OrderedDict[str, int] = OrderedDict()
-        self._pending_access: set[int] = set()
+        self.access = Access(self)
         self.loop: asyncio.AbstractEventLoop | None = None
         self._executor = ThreadPoolExecutor(
             max_workers=self.config["DB_THREADS"], thread_name_prefix="alarms-db"
@@ -258,7 +253,7 @@ class BaseBroker:
         if rows and self.subscribers:
             self._collector.hold(self.loop, float(self.config["GC_PAUSE"]))
         while True:
-            await self._authorise_again(rows)
+            await self.access.authorise_again(rows)
             if rows:
                 self._apply(rows, loaded)
             if len(rows) < BATCH:
@@ -324,74 +319,11 @@ class BaseBroker:
             return None
         return max(0.0, (min(times) - now).total_seconds()) + 0.001
 
-    # -- authorisation that follows the user ------------------------------
+    # -- authorisation that follows the user (see ``access``) -------------
 
-    async def _authorise_again(self, rows: list[Row]) -> None:
-        """Re-make the authorisation of every stream the journal's access and
-        session rows (and streams that connected while one was read) concern,
-        before the rows' alarm changes fan out with it."""
-        for row_id, _a, kind, user_id, session in rows:
-            if kind == "session" and session:
-                _remember(self._sessions_ended, session, row_id)
-                for sub in list(self.subscribers.by_session.get(session, ())):
-                    self.sign_out(sub, "signed_out")
-            elif kind == "access" and user_id is not None:
-                _remember(self._access_at, user_id, row_id)
-                self._pending_access.add(user_id)
-        by_user = self.subscribers.by_user
-        users = {u for u in self._pending_access if u in by_user}
-        self._pending_access.clear()
-        if not users:
-            return
-        keys = {u: {sub.session_key or "" for sub in by_user[u]} for u in users}
-        states = await self.read_db(self.reads.access, keys, list(self.alarms))
-        now = timezone.now()
-        event_id = events.event_id(max(self.head, rows[-1][0] if rows else 0))
-        for user_id in users:
-            for sub in list(by_user.get(user_id, ())):
-                state = states.get((user_id, sub.session_key or ""))
-                if state is None or state.viewer.user_id != user_id:
-                    self.sign_out(sub, "signed_out", now, event_id)
-                else:
-                    self._reauthorise(sub, state, now, event_id)
-        self.counters.reauthorised += len(users)
-
-    def _reauthorise(
-        self, sub: Subscriber, state: ConnectState, now: datetime, event_id: str
-    ) -> None:
-        """Give ``sub`` its user's current viewer: retract what they may no longer
-        read, send what they now may (unless dismissed, or seen and not critical)."""
-        new = Viewer(
-            user_id=state.viewer.user_id,
-            is_staff=state.viewer.is_staff,
-            group_ids=state.viewer.group_ids,
-            language=sub.viewer.language,
-        )
-        sub.expires_at = state.expires_at.timestamp() if state.expires_at else None
-        sub.dismissed |= state.dismissed
-        self.counters.events += fanout.switch_viewer(
-            sub, self.alarms.values(), new, state.seen, now, event_id
-        )
-        sub.viewer = new  # the same user: by_user stays as it is
-
-    def sign_out(
-        self,
-        sub: Subscriber,
-        reason: CloseReason,
-        now: datetime | None = None,
-        event_id: str | None = None,
-    ) -> None:
-        """End a stream whose session no longer holds. What only its user could
-        read is retracted first, so the page it fed shows none of it; the
-        browser reconnects with what credentials it has now."""
-        now = now or timezone.now()
-        event_id = event_id or events.event_id(self.head)
-        # sub.viewer stays: unsubscribe() finds the stream under its user by it.
-        anonymous = Viewer(language=sub.viewer.language)
-        self.counters.events += fanout.switch_viewer(
-            sub, self.alarms.values(), anonymous, set(), now, event_id
-        )
-        sub.close(reason)
+    def sign_out(self, sub: Subscriber, reason: CloseReason) -> None:
+        """End a stream whose session no longer holds (see :meth:`Access.sign_out`)."""
+        self.access.sign_out(sub, reason, timezone.now(), events.event_id(self.head))
 
     # -- streams -----------------------------------------------------------
 
@@ -419,25 +351,10 @@ class BaseBroker:
             sub.session = session_digest(state.session_key)
             sub.expires_at = state.expires_at.timestamp() if state.expires_at else None
         self.subscribers.add(sub, config["MAX_STREAMS_PER_USER"])
-        if user_id is not None and sub.session:
-            # Rows read while this stream's user was loaded were not seen by
-            # that load: a session that ended then ends this stream too, and
-            # an access change then is applied to it on the next read.
-            if self._sessions_ended.get(sub.session, 0) > state.head:
-                sub.close("signed_out")
-            if self._access_at.get(user_id, 0) > state.head:
-                self._pending_access.add(user_id)
-                self.wake()
+        self.access.connected(sub, state.head)
         self.counters.connects += 1
         return sub
 
     def unsubscribe(self, sub: Subscriber) -> None:
         if self.subscribers.remove(sub) and sub.closed:
             self.counters.closed(sub.closed)
-
-
-def _remember(recent: OrderedDict[Any, int], key: Any, row_id: int) -> None:
-    recent[key] = row_id
-    recent.move_to_end(key)
-    while len(recent) > _RECENT:
-        recent.popitem(last=False)
