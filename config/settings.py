@@ -42,6 +42,8 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "alarms",
+    # The demo project's own app: `manage.py demo` (users, groups, sample alarms).
+    "config.demo",
 ]
 
 MIDDLEWARE = [

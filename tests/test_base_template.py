@@ -11,6 +11,7 @@ from django.template import TemplateDoesNotExist
 from django.template.loader import get_template
 
 from alarms import api
+from tests.demo import demo_project  # noqa: F401
 
 pytestmark = pytest.mark.django_db
 
@@ -153,10 +154,8 @@ def test_a_configured_base_template_is_used(
     assert html.index('id="site-layout"') < html.index('class="alarms-centre"')
 
 
-def test_the_demo_keeps_its_own_layout(settings: Any, client: Any, reader: Any) -> None:
-    from config import settings as demo
-
-    settings.ALARMS = {**settings.ALARMS, "BASE_TEMPLATE": demo.ALARMS["BASE_TEMPLATE"]}
+@pytest.mark.usefixtures("demo_project")
+def test_the_demo_keeps_its_own_layout(client: Any, reader: Any) -> None:
     client.force_login(reader)
 
     response = client.get("/alarms/")

@@ -83,7 +83,7 @@ def test_w002_unknown_key() -> None:
     assert "POLL_INTERVAL" not in messages[0].msg
 
 
-@override_settings(ALARMS={"BASE_TEMPLATE": "base.html"})
+@override_settings(ALARMS={"BASE_TEMPLATE": "admin/base.html"})
 def test_base_template_is_a_known_key_and_found() -> None:
     assert ids() == []
 

@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 from django.contrib.auth.models import Group, User
-from django.core.management import CommandError, call_command
+from django.core.management import CommandError, call_command, get_commands
 from django.test import override_settings
 from django.utils import timezone
 
 from alarms.models import Alarm, AlarmChange, AlarmTranslation, Audience, Level
+from tests.demo import demo_project  # noqa: F401  (the fixture)
 from tests.factories import make_user
 
 pytestmark = pytest.mark.django_db
@@ -131,7 +132,7 @@ def test_send_alarm_exit_codes_from_the_command_line() -> None:
     assert "CommandError: --publish-at 'not-a-date' is not an ISO 8601" in bad.stderr
 
 
-# -- demo ---------------------------------------------------------------------
+# -- demo (a command of the demo project, config/demo/, not of the app) --------
 
 
 def snapshot() -> dict[str, object]:
@@ -148,6 +149,7 @@ def snapshot() -> dict[str, object]:
     }
 
 
+@pytest.mark.usefixtures("demo_project")
 def test_demo_creates_users_groups_and_alarms() -> None:
     out = StringIO()
     call_command("demo", stdout=out)
@@ -177,6 +179,7 @@ def test_demo_creates_users_groups_and_alarms() -> None:
     assert "alarms-demo" in text
 
 
+@pytest.mark.usefixtures("demo_project")
 def test_demo_twice_changes_nothing() -> None:
     call_command("demo", stdout=StringIO())
     first = snapshot()
@@ -188,6 +191,7 @@ def test_demo_twice_changes_nothing() -> None:
     assert "nothing changed" in out.getvalue()
 
 
+@pytest.mark.usefixtures("demo_project")
 def test_demo_leaves_existing_users_alone() -> None:
     carol = make_user("carol")  # password "pw"
 
@@ -198,6 +202,7 @@ def test_demo_leaves_existing_users_alone() -> None:
     assert User.objects.filter(username="carol").count() == 1
 
 
+@pytest.mark.usefixtures("demo_project")
 def test_demo_does_not_migrate(monkeypatch: pytest.MonkeyPatch) -> None:
     from django.db import connection
 
@@ -206,3 +211,14 @@ def test_demo_does_not_migrate(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(CommandError, match=r"run `manage\.py migrate` first"):
         call_command("demo", stdout=StringIO())
     assert not User.objects.exists()
+
+
+@pytest.mark.usefixtures("demo_project")
+def test_demo_is_the_demo_projects_command() -> None:
+    assert get_commands()["demo"] == "config.demo"
+
+
+def test_the_app_has_no_demo_command() -> None:
+    # The tests' lean project installs the app without the demo: no command
+    # there may create users with a known password.
+    assert "demo" not in get_commands()

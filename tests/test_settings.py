@@ -132,6 +132,16 @@ def test_site_language_and_serving() -> None:
     assert apps.index("daphne") < apps.index("django.contrib.staticfiles")
     assert "alarms.middleware.LocaleMiddleware" in config["middleware"]
     assert any("WhiteNoiseMiddleware" in name for name in config["middleware"])
+    assert apps.index("alarms") < apps.index("config.demo")
+
+
+def test_the_demo_command_is_the_demo_projects() -> None:
+    # scripts/demo runs `manage.py demo`: the demo project's own app has it, not `alarms`
+    # (tests/test_pluggable.py: a project with the app alone has no such command).
+    result = run(["manage.py", "help", "demo"], DJANGO_DEBUG="1")
+
+    assert result.returncode == 0, result.stderr
+    assert "Create demo users, groups and sample alarms" in " ".join(result.stdout.split())
 
 
 def test_check_deploy_is_clean_in_production() -> None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-pytestmark = pytest.mark.django_db
+from tests.demo import demo_project  # noqa: F401
+
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("demo_project")]
 
 HEADLINE = "Operations status for your whole team"
 
