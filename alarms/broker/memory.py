@@ -14,8 +14,12 @@ class MemoryBroker(BaseBroker):
     async def wait_for_wake(self, within: float | None) -> bool:
         assert self._wake is not None
         poll = float(self.config["POLL_INTERVAL"])
+        # asyncio.timeout, not wait_for(): on Python 3.11 wait_for() swallows a
+        # cancellation that comes as the event is set, and stop() then waits for
+        # a read loop that never ends.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), poll if within is None else min(within, poll))
+            async with asyncio.timeout(poll if within is None else min(within, poll)):
+                await self._wake.wait()
         return True  # each timeout is a poll
 
     def poll_interval(self) -> float:

@@ -104,7 +104,9 @@ class PostgresBroker(BaseBroker):
         safety = self.config["SAFETY_POLL_INTERVAL"]
         poll = safety is not None and (within is None or safety <= within)
         try:
-            await asyncio.wait_for(self._wake.wait(), safety if poll else within)
+            # Not wait_for(): see MemoryBroker.wait_for_wake.
+            async with asyncio.timeout(safety if poll else within):
+                await self._wake.wait()
         except TimeoutError:
             return poll  # a timer for the schedule needs no query
         return True
