@@ -7,20 +7,8 @@ from typing import Any
 from django.conf import settings
 from django.contrib import admin, messages
 from django.db import transaction
-from django.db.models import (
-    Case,
-    CharField,
-    Count,
-    Exists,
-    IntegerField,
-    OuterRef,
-    Q,
-    QuerySet,
-    Subquery,
-    Value,
-    When,
-)
-from django.db.models.functions import Coalesce, Now
+from django.db.models import Count, Exists, IntegerField, OuterRef, QuerySet, Subquery
+from django.db.models.functions import Coalesce
 from django.http import HttpRequest
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
@@ -28,16 +16,15 @@ from django.utils.safestring import SafeString
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
-from alarms import api
+from alarms import api, rules
 from alarms.forms import AlarmAdminForm, AlarmTranslationFormSet, language_name
 from alarms.models import Alarm, AlarmReceipt, AlarmTranslation
-from alarms.translation import choose_language, direction
 
 STATUS_LABELS = {
-    "scheduled": _("Scheduled"),
-    "live": _("Live"),
-    "expired": _("Expired"),
-    "withdrawn": _("Withdrawn"),
+    rules.SCHEDULED: _("Scheduled"),
+    rules.LIVE: _("Live"),
+    rules.EXPIRED: _("Expired"),
+    rules.WITHDRAWN: _("Withdrawn"),
 }
 
 
@@ -160,19 +147,11 @@ class AlarmAdmin(admin.ModelAdmin):
     )
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Alarm]:
-        now = Now()
+        queryset: Any = super().get_queryset(request)
         return (
-            super()
-            .get_queryset(request)
+            queryset.with_status()
             .prefetch_related("translations")
             .annotate(
-                status_code=Case(
-                    When(withdrawn_at__isnull=False, then=Value("withdrawn")),
-                    When(publish_at__gt=now, then=Value("scheduled")),
-                    When(Q(expires_at__isnull=False, expires_at__lte=now), then=Value("expired")),
-                    default=Value("live"),
-                    output_field=CharField(),
-                ),
                 seen=_receipt_count(seen_at__isnull=False),
                 dismissed=_receipt_count(dismissed_at__isnull=False),
             )
@@ -208,15 +187,13 @@ class AlarmAdmin(admin.ModelAdmin):
     def preview(self, obj: Alarm) -> SafeString | str:
         if obj.pk is None:
             return _("Save the alarm to see how it reads in each language.")
-        translations = {t.language_code: t for t in obj.translations.all()}
-        if not translations:
+        if not obj.translations.all():
             return _("No translations yet.")
         rows = []
         for code, name in settings.LANGUAGES:
-            chosen = choose_language(code, translations)
-            if chosen is None:
-                continue
-            t = translations[chosen]
+            # What the stream sends a reader of this language.
+            payload = obj.reader_payload(code)
+            chosen = payload["language"]
             if chosen == code:
                 note = ""
             else:
@@ -224,7 +201,8 @@ class AlarmAdmin(admin.ModelAdmin):
                     "language": name,
                     "fallback": language_name(chosen),
                 }
-            rows.append((name, note, chosen, direction(chosen), obj.level, t.title, t.message))
+            title, message = payload["title"], payload["message"]
+            rows.append((name, note, chosen, payload["dir"], obj.level, title, message))
         # Every piece of alarm text goes through format_html's escaping.
         return format_html(
             '<div class="alarms-admin-preview">{}</div>',

@@ -1,4 +1,9 @@
-"""The public verbs of the alarms app."""
+"""The public verbs of the alarms app.
+
+Their writes reach open streams through the change journal: the model layer
+records it for alarms, translations and audiences (``alarms.journal`` lists how),
+and ``dismiss`` records the dismissals itself.
+"""
 
 from __future__ import annotations
 
@@ -15,12 +20,10 @@ from django.utils import timezone
 
 from alarms import journal, storm
 from alarms.models import Alarm, AlarmReceipt, AlarmTranslation, Audience, Level
+from alarms.rules import MAX_MESSAGE, MAX_TITLE, MAX_URL
 from alarms.validators import is_safe_link, validate_storable_text
 
 __all__ = ["dismiss", "mark_seen", "send_alarm", "withdraw"]
-
-MAX_TITLE = 200
-MAX_MESSAGE = 10000
 
 
 def send_alarm(
@@ -58,9 +61,8 @@ def send_alarm(
         raise ValueError('Users and groups can only be given with the audience "selected".')
     if audience == Audience.SELECTED and not (users or groups):
         raise ValueError('The audience "selected" needs at least one user or group.')
-    max_url = Alarm._meta.get_field("url").max_length or 0
-    if len(url) > max_url:
-        raise ValueError(f"The link is longer than {max_url} characters.")
+    if len(url) > MAX_URL:
+        raise ValueError(f"The link is longer than {MAX_URL} characters.")
     if url and not is_safe_link(url):
         raise ValueError(f"Unsafe link {url!r}: use http(s):// or a path starting with '/'.")
     cleaned = _clean_translations(translations)
@@ -152,13 +154,11 @@ def withdraw(alarms: QuerySet[Alarm] | Iterable[Alarm]) -> int:
         if isinstance(alarms, QuerySet)
         else Alarm.objects.filter(pk__in=[a.pk for a in alarms])
     )
-    with transaction.atomic(using=qs.db):
-        ids = list(qs.filter(withdrawn_at__isnull=True).values_list("pk", flat=True))
-        Alarm.objects.using(qs.db).filter(pk__in=ids).update(
-            withdrawn_at=timezone.now(), updated_at=timezone.now()
-        )
-        journal.record(ids, using=qs.db)
-    return len(ids)
+    now = timezone.now()
+    # Alarm.objects whatever queryset came in: its update() records the journal
+    # rows that make open streams retract the alarms.
+    pending = Alarm.objects.using(qs.db).filter(pk__in=qs.values("pk"), withdrawn_at__isnull=True)
+    return pending.update(withdrawn_at=now, updated_at=now)
 
 
 def mark_seen(user: Any, alarm_ids: Iterable[int]) -> int:

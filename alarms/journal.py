@@ -1,5 +1,26 @@
 """The change journal: every write a stream must see leaves a numbered row.
 
+Which writes record a row, and where (each in the transaction of the write):
+
+- an alarm or a translation saved or deleted one at a time: ``Alarm.save``,
+  ``Alarm.delete``, ``AlarmTranslation.save``, ``AlarmTranslation.delete``;
+- in bulk: the ``update``, ``bulk_create`` and ``delete`` of ``AlarmQuerySet`` and
+  ``AlarmTranslationQuerySet`` (``alarms.querysets``), one row per alarm touched;
+  ``bulk_update`` runs ``update``. An ``Alarm.objects.bulk_create`` that cannot tell
+  which ids it wrote (``ignore_conflicts``) raises and writes nothing;
+- an alarm's users or groups changed from either side (``add``, ``remove``,
+  ``set``, ``clear``): ``m2m_changed`` below, Django's one hook into those managers;
+- a dismissal: ``alarms.api.dismiss``.
+
+So the admin, ``alarms.api``, ``manage.py send_alarm`` and plain ORM code all take
+the same path: the model layer. What goes around it reaches open streams only when
+they reconnect: raw SQL, writes to the users and groups tables of the relations
+(``Alarm.users.through``) themselves, ``QuerySet._raw_delete`` (``prune_alarms``
+deletes ended alarms that way on purpose), fixtures (``loaddata`` saves with
+``save_base(raw=True)``), receipts written other than by ``alarms.api``, and
+``alarm.translations.add(existing)`` with ``bulk=True`` (an update through Django's
+base manager: save the translation instead).
+
 Row numbers must follow commit order, or a reader that keeps "the last number
 I saw" would skip a transaction that took a lower number but committed later.
 SQLite serialises writers, so its numbers follow commit order by themselves.
@@ -44,26 +65,49 @@ def record(
     kind: str = "alarm",
     user_id: int | None = None,
     using: str,
-    detail: dict[str, Any] | None = None,
 ) -> None:
+    """One row per alarm id (duplicates dropped), in the transaction of ``using``."""
     from alarms.models import AlarmChange
 
     ids = sorted(set(alarm_ids))
-    text = json.dumps(detail, separators=(",", ":")) if detail else ""
-    rows = [AlarmChange(alarm_id=i, kind=kind, user_id=user_id, detail=text) for i in ids]
+    rows = [AlarmChange(alarm_id=i, kind=kind, user_id=user_id) for i in ids]
     _write(rows, using)
 
 
-def deletion_detail(alarm: Any) -> dict[str, Any]:
+def deletion_details(alarm_ids: Iterable[int], *, using: str) -> dict[int, dict[str, Any]]:
     """What a resuming reader's broker needs of a deleted alarm to decide whether
     that reader may have had it on screen (and so gets a ``retract``): when it
-    was published and whom it was for."""
-    return {
-        "audience": alarm.audience,
-        "publish_at": alarm.publish_at.isoformat(),
-        "users": list(alarm.users.values_list("pk", flat=True)),
-        "groups": list(alarm.groups.values_list("pk", flat=True)),
+    was published and whom it was for. Read before the delete: the users and
+    groups go with it."""
+    from alarms.models import Alarm
+
+    ids = list(alarm_ids)
+    if not ids:
+        return {}
+    rows = Alarm._base_manager.using(using).filter(pk__in=ids)
+    details: dict[int, dict[str, Any]] = {
+        pk: {"audience": audience, "publish_at": publish_at.isoformat(), "users": [], "groups": []}
+        for pk, audience, publish_at in rows.values_list("pk", "audience", "publish_at")
     }
+    for name, through, column in (
+        ("users", Alarm.users.through, "user_id"),
+        ("groups", Alarm.groups.through, "group_id"),
+    ):
+        members = through.objects.using(using).filter(alarm_id__in=ids).order_by(column)
+        for alarm_id, member in members.values_list("alarm_id", column):
+            details[alarm_id][name].append(member)
+    return details
+
+
+def record_deleted(details: dict[int, dict[str, Any]], *, using: str) -> None:
+    """The alarms of ``deletion_details`` are deleted: one row each, with its detail."""
+    from alarms.models import AlarmChange
+
+    rows = [
+        AlarmChange(alarm_id=pk, detail=json.dumps(detail, separators=(",", ":")))
+        for pk, detail in sorted(details.items())
+    ]
+    _write(rows, using)
 
 
 def record_access(user_ids: Iterable[int]) -> None:
@@ -115,29 +159,6 @@ def _wake_local_broker() -> None:
     from alarms.broker import wake_local
 
     wake_local()
-
-
-@receiver(post_save, sender="alarms.Alarm", dispatch_uid="alarms.journal.alarm_saved")
-def _alarm_changed(sender: Any, instance: Any, using: str, **kwargs: Any) -> None:
-    record([instance.pk], using=using)
-
-
-@receiver(pre_delete, sender="alarms.Alarm", dispatch_uid="alarms.journal.alarm_deleting")
-def _alarm_deleting(sender: Any, instance: Any, **kwargs: Any) -> None:
-    # Its users and groups are gone by post_delete (the cascade goes first).
-    instance._alarms_deletion_detail = deletion_detail(instance)
-
-
-@receiver(post_delete, sender="alarms.Alarm", dispatch_uid="alarms.journal.alarm_deleted")
-def _alarm_deleted(sender: Any, instance: Any, using: str, **kwargs: Any) -> None:
-    detail = getattr(instance, "_alarms_deletion_detail", None)
-    record([instance.pk], using=using, detail=detail)
-
-
-@receiver(post_save, sender="alarms.AlarmTranslation", dispatch_uid="alarms.journal.tr_saved")
-@receiver(post_delete, sender="alarms.AlarmTranslation", dispatch_uid="alarms.journal.tr_deleted")
-def _translation_changed(sender: Any, instance: Any, using: str, **kwargs: Any) -> None:
-    record([instance.alarm_id], using=using)
 
 
 def _audience_changed(

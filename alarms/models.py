@@ -4,11 +4,12 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import models
+from django.db import models, router, transaction
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
-from alarms.querysets import AlarmQuerySet
+from alarms import journal, rules
+from alarms.querysets import AlarmQuerySet, AlarmTranslationQuerySet
 from alarms.translation import language_choices
 from alarms.validators import validate_link, validate_storable_text
 
@@ -22,10 +23,10 @@ class Level(models.TextChoices):
 
 
 class Audience(models.TextChoices):
-    EVERYONE = "everyone", _("Everyone, including anonymous visitors")
-    AUTHENTICATED = "authenticated", _("Signed-in users")
-    STAFF = "staff", _("Staff")
-    SELECTED = "selected", _("Selected users and groups")
+    EVERYONE = rules.EVERYONE, _("Everyone, including anonymous visitors")
+    AUTHENTICATED = rules.AUTHENTICATED, _("Signed-in users")
+    STAFF = rules.STAFF, _("Staff")
+    SELECTED = rules.SELECTED, _("Selected users and groups")
 
 
 class Alarm(models.Model):
@@ -49,7 +50,7 @@ class Alarm(models.Model):
     )
     url = models.CharField(
         _("link"),
-        max_length=2000,
+        max_length=rules.MAX_URL,
         blank=True,
         validators=[validate_link],
         help_text=_("Optional: an http(s) address or a path on this site."),
@@ -100,6 +101,23 @@ class Alarm(models.Model):
         translation = self.default_translation()
         return translation.title if translation else f"Alarm #{self.pk}"
 
+    # Every write records its journal row in its own transaction (alarms.journal):
+    # the admin, alarms.api and plain ORM code all reach open streams this way.
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        using = kwargs.get("using") or router.db_for_write(type(self), instance=self)
+        with transaction.atomic(using=using, savepoint=False):
+            super().save(*args, **kwargs)
+            journal.record([self.pk], using=self._state.db)
+
+    def delete(self, using: Any = None, keep_parents: bool = False) -> tuple[int, dict[str, int]]:
+        using = using or router.db_for_write(type(self), instance=self)
+        with transaction.atomic(using=using, savepoint=False):
+            details = journal.deletion_details([self.pk], using=using)
+            result = super().delete(using=using, keep_parents=keep_parents)
+            journal.record_deleted(details, using=using)
+        return result
+
     def clean(self) -> None:
         if self.expires_at and self.publish_at and self.expires_at <= self.publish_at:
             raise ValidationError(
@@ -117,28 +135,33 @@ class Alarm(models.Model):
 
     @property
     def status(self) -> str:
-        now = timezone.now()
-        if self.withdrawn_at:
-            return "withdrawn"
-        if self.publish_at > now:
-            return "scheduled"
-        if self.expires_at and self.expires_at <= now:
-            return "expired"
-        return "live"
+        return rules.status(self.publish_at, self.expires_at, timezone.now(), self.withdrawn_at)
 
     def is_visible_to(self, user: Any) -> bool:
-        """The same rule as ``AlarmQuerySet.visible_to``, for an alarm already loaded."""
-        if self.audience == Audience.EVERYONE:
-            return True
-        if not getattr(user, "is_authenticated", False):
-            return False
-        if self.audience == Audience.AUTHENTICATED:
-            return True
-        if self.audience == Audience.STAFF:
-            return bool(user.is_staff)
-        return (
-            self.users.filter(pk=user.pk).exists()
-            or self.groups.filter(pk__in=user.groups.values("pk")).exists()
+        """``rules.can_see`` for an alarm already loaded (its users and groups
+        are read only for the audience "selected", from a prefetch if there is one)."""
+        signed_in = bool(getattr(user, "is_authenticated", False))
+        members = signed_in and self.audience == Audience.SELECTED
+        return rules.can_see(
+            self.audience,
+            {u.pk for u in self.users.all()} if members else (),
+            {g.pk for g in self.groups.all()} if members else (),
+            user_id=user.pk if signed_in else None,
+            is_staff=signed_in and bool(user.is_staff),
+            viewer_group_ids={g.pk for g in user.groups.all()} if members else (),
+        )
+
+    def reader_payload(self, language: str) -> dict[str, Any]:
+        """``rules.reader_payload`` for this alarm, from its translations (prefetched
+        if they were)."""
+        return rules.reader_payload(
+            id=self.pk,
+            level=self.level,
+            url=self.url,
+            publish_at=self.publish_at,
+            expires_at=self.expires_at,
+            translations={t.language_code: (t.title, t.message) for t in self.translations.all()},
+            language=language,
         )
 
 
@@ -146,9 +169,17 @@ class AlarmTranslation(models.Model):
     alarm = models.ForeignKey(
         Alarm, verbose_name=_("alarm"), on_delete=models.CASCADE, related_name="translations"
     )
-    language_code = models.CharField(_("language"), max_length=15, choices=language_choices)
-    title = models.CharField(_("title"), max_length=200, validators=[validate_storable_text])
-    message = models.TextField(_("message"), max_length=10000, validators=[validate_storable_text])
+    language_code = models.CharField(
+        _("language"), max_length=rules.MAX_LANGUAGE_CODE, choices=language_choices
+    )
+    title = models.CharField(
+        _("title"), max_length=rules.MAX_TITLE, validators=[validate_storable_text]
+    )
+    message = models.TextField(
+        _("message"), max_length=rules.MAX_MESSAGE, validators=[validate_storable_text]
+    )
+
+    objects = AlarmTranslationQuerySet.as_manager()
 
     class Meta:
         verbose_name = _("translation")
@@ -164,6 +195,30 @@ class AlarmTranslation(models.Model):
 
     def __str__(self) -> str:
         return f"{self.title} [{self.language_code}]"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        using = kwargs.get("using") or router.db_for_write(type(self), instance=self)
+        with transaction.atomic(using=using, savepoint=False):
+            super().save(*args, **kwargs)
+            loaded = getattr(self, "_loaded_alarm_id", None)
+            journal.record({self.alarm_id, loaded or self.alarm_id}, using=self._state.db)
+        self._loaded_alarm_id = self.alarm_id
+
+    def delete(self, using: Any = None, keep_parents: bool = False) -> tuple[int, dict[str, int]]:
+        using = using or router.db_for_write(type(self), instance=self)
+        alarm_id = self.alarm_id
+        with transaction.atomic(using=using, savepoint=False):
+            result = super().delete(using=using, keep_parents=keep_parents)
+            journal.record([alarm_id], using=using)
+        return result
+
+    @classmethod
+    def from_db(cls, db: str, field_names: Any, values: Any, **kwargs: Any) -> AlarmTranslation:
+        # kwargs: Django 6.1's fetch_mode, which its own from_db() takes.
+        instance = super().from_db(db, field_names, values, **kwargs)
+        # The alarm it belonged to when loaded: a save that moves it changes both.
+        instance._loaded_alarm_id = instance.__dict__.get("alarm_id")
+        return instance
 
 
 class AlarmReceipt(models.Model):
@@ -218,7 +273,7 @@ class AlarmChange(models.Model):
     # never the key itself.
     session = models.CharField(_("session digest"), max_length=64, blank=True, default="")
     # For an alarm's deletion: its audience and publication time
-    # (alarms.journal.deletion_detail), so a resume retracts it only for readers
+    # (alarms.journal.deletion_details), so a resume retracts it only for readers
     # who may have had it on screen.
     # JSON text, not a JSONField: that field's system check needs a database
     # connection, and the journal is read by the broker only.

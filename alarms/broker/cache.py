@@ -11,8 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from alarms.translation import choose_language, direction
-from alarms.validators import is_safe_link
+from alarms import rules
 
 
 @dataclass(frozen=True)
@@ -62,7 +61,7 @@ class CachedAlarm:
     @classmethod
     def deleted(cls, alarm_id: int, text: str) -> CachedAlarm | None:
         """A deleted alarm as far as a resume needs it, from its journal row's
-        detail (``alarms.journal.deletion_detail``, as JSON); None if unreadable."""
+        detail (``alarms.journal.deletion_details``, as JSON); None if unreadable."""
         try:
             detail = json.loads(text)
             return cls(
@@ -80,38 +79,32 @@ class CachedAlarm:
             return None
 
     def visible_to(self, viewer: Viewer) -> bool:
-        if self.audience == "everyone":
-            return True
-        if viewer.user_id is None:
-            return False
-        if self.audience == "authenticated":
-            return True
-        if self.audience == "staff":
-            return viewer.is_staff
-        return viewer.user_id in self.user_ids or not self.group_ids.isdisjoint(viewer.group_ids)
+        return rules.can_see(
+            self.audience,
+            self.user_ids,
+            self.group_ids,
+            user_id=viewer.user_id,
+            is_staff=viewer.is_staff,
+            viewer_group_ids=viewer.group_ids,
+        )
 
     def live(self, now: datetime) -> bool:
-        return self.publish_at <= now and (self.expires_at is None or self.expires_at > now)
+        return rules.is_live(self.publish_at, self.expires_at, now)
 
     def payload(self, language: str) -> dict[str, Any]:
         """The event payload for a reader of ``language``, built once per language."""
-        if language not in self._payloads:
-            code = choose_language(language, self.translations) or language
-            title, message = self.translations.get(code, ("", ""))
-            self._payloads[language] = {
-                "id": self.id,
-                "level": self.level,
-                "title": title,
-                "message": message,
-                "language": code,
-                "dir": direction(code),
-                # Checked again here: a row written around the validators
-                # (raw SQL, a migration) must not reach a browser as a link.
-                "url": self.url if is_safe_link(self.url) else "",
-                "published_at": self.publish_at.isoformat(),
-                "expires_at": self.expires_at.isoformat() if self.expires_at else None,
-            }
-        return self._payloads[language]
+        found = self._payloads.get(language)
+        if found is None:
+            found = self._payloads[language] = rules.reader_payload(
+                id=self.id,
+                level=self.level,
+                url=self.url,
+                publish_at=self.publish_at,
+                expires_at=self.expires_at,
+                translations=self.translations,
+                language=language,
+            )
+        return found
 
 
 def in_order(alarms: Any) -> list[CachedAlarm]:

@@ -8,7 +8,6 @@ from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.db.models.functions import Now
 from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import redirect, render
 from django.utils import translation
@@ -18,8 +17,6 @@ from django.views.decorators.http import require_http_methods
 from alarms import api, events
 from alarms.conf import get_config
 from alarms.models import Alarm, AlarmReceipt, Level
-from alarms.translation import choose_language, direction
-from alarms.validators import is_safe_link
 
 EARLIER_LIMIT = 50
 UNREAD_LIMIT = 200
@@ -27,7 +24,7 @@ UNREAD_LIMIT = 200
 
 @dataclass(frozen=True)
 class Entry:
-    """One alarm as this reader sees it: the translation in their language."""
+    """One alarm as this reader sees it (``rules.reader_payload``), and its state."""
 
     id: int
     level: str
@@ -49,11 +46,9 @@ def entries(
     labels = dict(Level.choices)
     result = []
     for alarm in alarms:
-        translations = {t.language_code: t for t in alarm.translations.all()}
-        code = choose_language(language, translations)
-        if code is None:
+        if not alarm.translations.all():
             continue
-        chosen = translations[code]
+        payload = alarm.reader_payload(language)
         receipt = receipts.get(alarm.pk)
         dismissed_at = receipt.dismissed_at if receipt else None
         result.append(
@@ -61,11 +56,12 @@ def entries(
                 id=alarm.pk,
                 level=alarm.level,
                 level_label=str(labels.get(alarm.level, alarm.level)),
-                title=chosen.title,
-                message=chosen.message,
-                language=code,
-                dir=direction(code),
-                url=alarm.url if alarm.url and is_safe_link(alarm.url) else "",
+                title=payload["title"],
+                message=payload["message"],
+                language=payload["language"],
+                dir=payload["dir"],
+                url=payload["url"],
+                # The times as datetimes, for the template's date filter.
                 published_at=alarm.publish_at,
                 expires_at=alarm.expires_at,
                 state="dismissed" if state != "unread" and dismissed_at else state,
@@ -85,7 +81,7 @@ def centre(request: HttpRequest) -> HttpResponse:
     unread = list(unread_qs.prefetch_related("translations")[:UNREAD_LIMIT])
     earlier = list(
         Alarm.objects.visible_to(user)
-        .filter(withdrawn_at__isnull=True, publish_at__lte=Now())
+        .published()
         .exclude(pk__in=unread_qs.values("pk"))
         .prefetch_related("translations")[:EARLIER_LIMIT]
     )

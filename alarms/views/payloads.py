@@ -5,7 +5,7 @@ alarm it shows. The stream cannot do that: its snapshot leaves out what the
 user has seen (except critical alarms), and a seen warning may still be on
 screen. So each page asks here for the ids it shows. The answer is what the
 stream would send this reader now: live alarms they may see and have not
-dismissed, each as the broker's payload for their language.
+dismissed, each as ``rules.reader_payload`` gives it (what the broker sends).
 """
 
 from __future__ import annotations
@@ -16,9 +16,8 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
 from alarms import events
-from alarms.broker.cache import CachedAlarm
 from alarms.models import Alarm
-from alarms.views.receipts import MAX_BATCH
+from alarms.rules import MAX_BATCH
 from alarms.views.stream import stream_language
 
 
@@ -44,8 +43,7 @@ def payloads(request: HttpRequest) -> JsonResponse:
         .prefetch_related("translations")
         .order_by("publish_at", "pk")
     )
-    # Visibility was decided by the query: the audience's members are not loaded.
-    found = [CachedAlarm.from_model(a, members=False).payload(language) for a in alarms]
+    found = [a.reader_payload(language) for a in alarms]
     response = JsonResponse({"language": language, "alarms": found})
     response["Content-Language"] = language
     patch_vary_headers(response, ("Cookie", "Accept-Language"))

@@ -10,8 +10,7 @@ from django.http import HttpRequest, JsonResponse
 from django.views.decorators.http import require_POST
 
 from alarms import api, events
-
-MAX_BATCH = 200
+from alarms.rules import MAX_BATCH
 
 
 def _ids(request: HttpRequest) -> list[int]:
