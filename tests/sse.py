@@ -7,6 +7,7 @@ import json
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -54,6 +55,10 @@ class Parser:
             self.retry = int(value)
         return None
 
+    def pending(self) -> bool:
+        """Whether fields of an event not yet dispatched have been read."""
+        return bool(self._event or self._has_data)
+
     def _dispatch(self) -> Event | None:
         event, data, has = self._event, self._data, self._has_data
         self._event, self._data, self._has_data = "", [], False
@@ -77,7 +82,7 @@ class Stream:
     """One open ``text/event-stream`` response over a raw socket, read event by event.
 
     A raw socket (not http.client) so that a read that times out leaves the
-    stream usable: tests wait for "nothing comes" as often as for events.
+    stream usable, and the chunks are seen: the first holds the stream's opening.
     """
 
     def __init__(
@@ -114,6 +119,9 @@ class Stream:
         self.chunked = self.headers.get("Transfer-Encoding", "").lower() == "chunked"
         self.parser = Parser()
         self.closed = False
+        # Bytes of the first chunk (the view's opening) not yet read as lines;
+        # None until it is in.
+        self._opening_left: int | None = None
 
     def _recv(self, deadline: float) -> None:
         remaining = deadline - time.monotonic()
@@ -148,6 +156,24 @@ class Stream:
             start = size_end + 2
             self._body += self._raw[start : start + size]
             del self._raw[: start + size + 2]
+            if self._opening_left is None:
+                self._opening_left = size
+
+    def _next_line(self, deadline: float) -> str:
+        """The next line of the body; TimeoutError past ``deadline``, EOFError at its end."""
+        while True:
+            self._dechunk()
+            newline = self._body.find(b"\n")
+            if newline >= 0:
+                line = bytes(self._body[:newline]).decode().rstrip("\r")
+                del self._body[: newline + 1]
+                if self._opening_left:
+                    self._opening_left -= newline + 1
+                return line
+            if self._eof:
+                self.closed = True
+                raise EOFError("the server closed the stream")
+            self._recv(deadline)
 
     @property
     def last_event_id(self) -> str:
@@ -157,42 +183,70 @@ class Stream:
         """The next event; TimeoutError if none comes in time, EOFError if the server closed."""
         deadline = time.monotonic() + timeout
         while True:
+            event = self.parser.feed_line(self._next_line(deadline))
+            if event is not None:
+                return event
+
+    def opening(self, timeout: float = 15.0) -> list[Event]:
+        """The events the stream opens with: the snapshot, or the replay of a resume.
+
+        The view sends its ``retry:``, its ``: alarms`` comment and those events
+        as one body message, which daphne writes as one chunk: what that chunk
+        holds is all of them, known as soon as it is in, with no quiet window to
+        wait out. Call it first, before any other read.
+        """
+        assert self.chunked, "the opening is known by its chunk"
+        deadline = time.monotonic() + timeout
+        while self._opening_left is None:
             self._dechunk()
-            newline = self._body.find(b"\n")
-            if newline >= 0:
-                line = bytes(self._body[:newline]).decode().rstrip("\r")
-                del self._body[: newline + 1]
-                event = self.parser.feed_line(line)
-                if event is not None:
-                    return event
-                continue
             if self._eof:
-                self.closed = True
-                raise EOFError("the server closed the stream")
-            self._recv(deadline)
+                raise EOFError("the server closed the stream before its opening")
+            if self._opening_left is None:
+                self._recv(deadline)
+        found = []
+        while self._opening_left:
+            event = self.parser.feed_line(self._next_line(deadline))
+            if event is not None:
+                found.append(event)
+        assert self.parser.retry is not None, "the opening sets no retry"
+        assert self.parser.comments[:1] == ["alarms"], self.parser.comments
+        assert not self.parser.pending(), "the opening ends inside an event"
+        return found
 
     def opened(self, timeout: float = 15.0) -> None:
-        """Wait for the server's opening comment; an event before it is an error."""
-        deadline = time.monotonic() + timeout
-        while "alarms" not in self.parser.comments:
-            try:
-                event = self.next_event(max(0.001, min(0.1, deadline - time.monotonic())))
-            except TimeoutError:
-                if time.monotonic() >= deadline:
-                    raise
-                continue
-            raise AssertionError(f"an event before the opening comment: {event}")
+        """Wait for the stream's opening, which must hold no event: the stream is live."""
+        found = self.opening(timeout)
+        assert found == [], f"the stream opened with {found}"
 
     def events(self, count: int, timeout: float = 15.0) -> list[Event]:
         return [self.next_event(timeout) for _ in range(count)]
 
-    def drain(self, quiet: float = 0.5) -> list[Event]:
-        """Every event until none comes for ``quiet`` seconds."""
+    def read_until(self, last: Callable[[Event], bool], timeout: float = 15.0) -> list[Event]:
+        """Every event up to the first for which ``last`` holds, that one included."""
+        found = [self.next_event(timeout)]
+        while not last(found[-1]):
+            found.append(self.next_event(timeout))
+        return found
+
+    def comments_until(self, comment: str, count: int, timeout: float = 15.0) -> None:
+        """Read until ``comment`` has come ``count`` times in all (``""``: heartbeats).
+
+        An event meanwhile is an error."""
+        deadline = time.monotonic() + timeout
+        while self.parser.comments.count(comment) < count:
+            event = self.parser.feed_line(self._next_line(deadline))
+            assert event is None, f"an event while waiting for comments: {event}"
+
+    def ends(self, timeout: float = 15.0) -> list[Event]:
+        """Read to the stream's end (the server closes it); the events that came before it.
+
+        TimeoutError if it does not end in time."""
         found = []
+        deadline = time.monotonic() + timeout
         while True:
             try:
-                found.append(self.next_event(quiet))
-            except TimeoutError:
+                found.append(self.next_event(max(0.0, deadline - time.monotonic())))
+            except EOFError:
                 return found
 
     def close(self) -> None:

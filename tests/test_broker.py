@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Coroutine, Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -29,10 +29,12 @@ from alarms.broker.reads import ConnectState
 from alarms.broker.subscribers import AddressFull, BrokerFull
 from alarms.models import Alarm
 from alarms.views.stream import stream as stream_view
+from tests.helpers import until
 from tests.sse import parse
 
 
-def en(title: str) -> dict[str, dict[str, str]]:
+def en_ko(title: str) -> dict[str, dict[str, str]]:
+    """An alarm's text in English and (the title marked) in Korean."""
     return {
         "en": {"title": title, "message": "m"},
         "ko": {"title": f"{title} (ko)", "message": "m"},
@@ -45,12 +47,41 @@ def viewer(user: Any = None, language: str = "en") -> ConnectState:
     return ConnectState(Viewer(user_id=user.pk, language=language), set(), set())
 
 
-async def until(predicate: Callable[[], bool], within: float = 3.0) -> None:
-    deadline = asyncio.get_running_loop().time() + within
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
+class Clock:
+    """The broker's two clocks, its event loop's and the wall clock, as the test moves them.
+
+    Both keep the real pace from where the test put them; :meth:`advance` moves
+    them on at once. A test of timers then waits for no timer of its own, and
+    none runs out early because a busy machine was slow to get the test there.
+    """
+
+    def __init__(self, wall: Callable[[], datetime]) -> None:
+        self.offset = 0.0
+        self._wall = wall
+
+    def now(self) -> datetime:
+        """For ``django.utils.timezone.now``."""
+        return self._wall() + timedelta(seconds=self.offset)
+
+    def new_loop(self) -> asyncio.AbstractEventLoop:
+        clock = self
+
+        class ClockLoop(asyncio.SelectorEventLoop):
+            def time(self) -> float:
+                return super().time() + clock.offset
+
+        return ClockLoop()
+
+    async def advance(self, seconds: float) -> None:
+        self.offset += seconds
+        # The loop runs the timers that fell due in the order of their times:
+        # every one the jump passed runs before this sleep's.
+        await asyncio.sleep(0.001)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock(timezone.now)
 
 
 class BrokerContract:
@@ -60,8 +91,12 @@ class BrokerContract:
     settings: dict[str, Any] = {}
 
     @pytest.fixture
-    def run(self, transactional_db: None) -> Iterator[Callable[..., Any]]:
-        """Run ``test(broker)`` on a fresh event loop with a started broker."""
+    def run(
+        self, transactional_db: None, request: pytest.FixtureRequest
+    ) -> Iterator[Callable[..., Any]]:
+        """Run ``test(broker)`` with a started broker on a fresh event loop (one on the
+        test's ``clock`` if it asks for one)."""
+        clock = request.getfixturevalue("clock") if "clock" in request.fixturenames else None
 
         def runner(test: Callable[[BaseBroker], Coroutine[Any, Any, None]]) -> None:
             async def main() -> None:
@@ -75,15 +110,19 @@ class BrokerContract:
                     await sync_to_async(connections.close_all)()
                     broker_module.reset_broker()
 
-            asyncio.run(main())
+            if clock is None:
+                asyncio.run(main())
+            else:
+                with asyncio.Runner(loop_factory=clock.new_loop) as runner:
+                    runner.run(main())
 
         with override_settings(ALARMS=self.settings):
             yield runner
 
     def test_starts_from_the_table(self, run):
-        live = api.send_alarm(en("Live"))
-        later = api.send_alarm(en("Later"), publish_at=timezone.now() + timedelta(hours=1))
-        gone = api.send_alarm(en("Gone"))
+        live = api.send_alarm(en_ko("Live"))
+        later = api.send_alarm(en_ko("Later"), publish_at=timezone.now() + timedelta(hours=1))
+        gone = api.send_alarm(en_ko("Gone"))
         api.withdraw([gone])
 
         async def test(broker: BaseBroker) -> None:
@@ -98,7 +137,7 @@ class BrokerContract:
         async def test(broker: BaseBroker) -> None:
             en_1, en_2 = broker.subscribe(viewer()), broker.subscribe(viewer())
             ko = broker.subscribe(viewer(language="ko"))
-            await sync_to_async(api.send_alarm)(en("Hello"), audience="everyone")
+            await sync_to_async(api.send_alarm)(en_ko("Hello"), audience="everyone")
             got = [await sub.next(3) for sub in (en_1, en_2, ko)]
             assert got[0][0] is got[1][0]  # the same bytes object, encoded once
             assert parse(got[0][0].decode())[0].json()["title"] == "Hello"
@@ -111,7 +150,7 @@ class BrokerContract:
             broker.config = {**broker.config, "QUEUE_SIZE": 2}
             slow = broker.subscribe(viewer())
             for i in range(3):
-                await sync_to_async(api.send_alarm)(en(f"n{i}"), audience="everyone")
+                await sync_to_async(api.send_alarm)(en_ko(f"n{i}"), audience="everyone")
                 await until(lambda n=i + 1: broker.counters.events >= n)
             assert slow.closed == "slow"
 
@@ -149,7 +188,7 @@ class BrokerContract:
         run(test)
 
     def test_a_link_written_around_the_validators_is_not_streamed(self, run):
-        alarm = api.send_alarm(en("Bad link"), audience="everyone")
+        alarm = api.send_alarm(en_ko("Bad link"), audience="everyone")
         # As raw SQL or a careless migration could: no validator runs.
         Alarm.objects.filter(pk=alarm.pk).update(url="javascript:alert(1)")
 
@@ -162,14 +201,14 @@ class BrokerContract:
 
     def test_a_resume_does_not_replay_what_reached_the_queue_meanwhile(self, run):
         """An alarm fanned out while a resuming stream reads the journal comes once."""
-        api.send_alarm(en("Before"), audience="everyone")
+        api.send_alarm(en_ko("Before"), audience="everyone")
 
         async def test(broker: BaseBroker) -> None:
             head, since = broker.head, (broker.head, int(time.time() * 1000))
             sub = broker.subscribe(viewer())
             sub.tracking = set()  # as the stream view does before its journal read
             missed = await broker.run_db(broker.reads.missed, sub.viewer, since, head)
-            await sync_to_async(api.send_alarm)(en("During"), audience="everyone")
+            await sync_to_async(api.send_alarm)(en_ko("During"), audience="everyone")
             queued = await sub.next(3)
             assert queued
             replayed = replay(broker, sub, missed)
@@ -183,7 +222,7 @@ class BrokerContract:
         """The stream view reads what a reader missed in the same trip as the reader, up to
         the head of that moment; rows fanned out before the stream subscribed reach
         neither that read nor the queue, and must be read after it."""
-        old = api.send_alarm(en("Old"), audience="everyone")
+        old = api.send_alarm(en_ko("Old"), audience="everyone")
 
         def edit() -> None:
             translation = old.translations.get(language_code="en")
@@ -220,25 +259,31 @@ class BrokerContract:
 
         run(test)
 
-    def test_schedule_runs_on_the_brokers_clock(self, run):
+    def test_schedule_runs_on_the_brokers_clock(self, run, clock, monkeypatch):
+        monkeypatch.setattr(timezone, "now", clock.now)  # the broker's wall clock too
+
         async def test(broker: BaseBroker) -> None:
             sub = broker.subscribe(viewer())
-            # Written once the broker runs, so a slow start on a busy machine
-            # cannot let the publication time pass before the broker knows it.
             now = timezone.now()
             alarm = await sync_to_async(api.send_alarm)(
-                en("Timed"),
+                en_ko("Timed"),
                 audience="everyone",
-                publish_at=now + timedelta(seconds=1.0),
-                expires_at=now + timedelta(seconds=2.0),
+                publish_at=now + timedelta(seconds=10),
+                expires_at=now + timedelta(seconds=20),
             )
             await until(lambda: alarm.pk in broker.alarms, 10)
+            assert await sub.next(0) is None  # not before its time
+            # Short of POLL_INTERVAL: only the broker's timer can find the time has come.
+            await clock.advance(11)
             first = await sub.next(10)
+            assert first, "not published at its time"
             assert parse(first[0].decode())[0].event == "alarm"
             # From publication to expiry: the alarm's own NOTIFYs (one per row of
             # its transaction) were read long before, and the timer needs none.
             reads = broker.counters.reads
+            await clock.advance(10)
             second = await sub.next(10)
+            assert second, "not retracted at its expiry"
             assert parse(second[0].decode())[0].event == "retract"
             assert alarm.pk not in broker.alarms
             if isinstance(broker, PostgresBroker):
@@ -246,44 +291,39 @@ class BrokerContract:
 
         run(test)
 
-    def test_garbage_collection_waits_until_the_broadcast_is_written(self, run):
+    def test_garbage_collection_waits_until_the_broadcast_is_written(self, run, clock):
         import gc
 
         async def test(broker: BaseBroker) -> None:
-            broker.config = {**broker.config, "GC_PAUSE": 0.3}
+            broker.config = {**broker.config, "GC_PAUSE": 60}
             sub = broker.subscribe(viewer())
             assert gc.isenabled()
-            await sync_to_async(api.send_alarm)(en("Burst"), audience="everyone")
+            await sync_to_async(api.send_alarm)(en_ko("Burst"), audience="everyone")
             assert await sub.next(3)
             assert not gc.isenabled()
-            await until(gc.isenabled, within=2)
+            await clock.advance(59)
+            assert not gc.isenabled()
+            await clock.advance(2)
+            assert gc.isenabled()
 
         run(test)
 
-    def test_steady_broadcasts_do_not_keep_the_collector_off(self, run):
+    def test_steady_broadcasts_do_not_keep_the_collector_off(self, run, clock):
         """Broadcasts closer together than GC_PAUSE must not hold it off for good."""
         import gc
 
         async def test(broker: BaseBroker) -> None:
-            broker.config = {**broker.config, "GC_PAUSE": 0.5}
+            broker.config = {**broker.config, "GC_PAUSE": 60}
             sub = broker.subscribe(viewer())
             enabled_between = []
-
-            async def sample() -> None:
-                while True:
-                    enabled_between.append(gc.isenabled())
-                    await asyncio.sleep(0.02)
-
-            await sync_to_async(api.send_alarm)(en("First"), audience="everyone")
+            await sync_to_async(api.send_alarm)(en_ko("First"), audience="everyone")
             assert await sub.next(3)
-            sampler = asyncio.get_running_loop().create_task(sample())
-            try:
-                for i in range(7):  # a broadcast every 0.3 s or so (under the storm cap)
-                    await asyncio.sleep(0.25)
-                    await sync_to_async(api.send_alarm)(en(f"Steady {i}"), audience="everyone")
-                    assert await sub.next(3)
-            finally:
-                sampler.cancel()
+            for i in range(4):  # a broadcast every 25 s: the collector is back at 60 s
+                await clock.advance(25)
+                enabled_between.append(gc.isenabled())
+                await sync_to_async(api.send_alarm)(en_ko(f"Steady {i}"), audience="everyone")
+                assert await sub.next(3)
+            assert enabled_between[:2] == [False, False]  # held off, not released early
             assert any(enabled_between), "the collector stayed off through every broadcast"
 
         run(test)
@@ -309,7 +349,7 @@ class TestPostgresBroker(BrokerContract):
 
         async def test(broker: BaseBroker) -> None:
             sub = broker.subscribe(viewer())
-            await sync_to_async(api.send_alarm)(en("Via NOTIFY"), audience="everyone")
+            await sync_to_async(api.send_alarm)(en_ko("Via NOTIFY"), audience="everyone")
             assert await sub.next(3)
             assert broker.counters.notifications >= 1
 

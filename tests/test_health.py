@@ -27,6 +27,7 @@ from alarms.views import health as health_module
 from tests.e2e import conftest as e2e
 from tests.e2e.conftest import Server
 from tests.factories import ago, make_user
+from tests.helpers import until, wait_for
 from tests.sse import Stream
 
 URL = reverse("alarms:health")
@@ -44,11 +45,6 @@ Runner = Callable[[Callable[[], Coroutine[Any, Any, None]]], None]
 async def get_health(client: AsyncClient | None = None, **headers: str) -> tuple[int, Any]:
     response = await (client or AsyncClient()).get(URL, headers=headers or AUTH)
     return response.status_code, json.loads(response.content)
-
-
-async def _until(predicate: Callable[[], bool]) -> None:
-    while not predicate():  # noqa: ASYNC110  (the broker has no event to wait on)
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture
@@ -159,7 +155,7 @@ def test_unread_journal_rows_make_it_degraded_until_the_broker_reads(run: Runner
         assert journal["oldest_unread_seconds"] >= 300
 
         broker.wake()
-        await asyncio.wait_for(_until(lambda: broker.head >= row.pk), 5)
+        await until(lambda: broker.head >= row.pk, 5)
         status, body = await get_health()
         assert (status, body["status"], body["checks"]["journal"]["lag"]) == (200, "ok", 0)
 
@@ -265,7 +261,7 @@ def fetch(server: Server, token: str | None = TOKEN) -> tuple[int, Any]:
 
 @pytest.mark.e2e
 def test_a_real_server_reports_its_streams(
-    server_factory: Callable[..., Server],
+    server_factory: e2e.ServerFactory,
     make_e2e_user: Callable[..., Any],
     session_cookie: Callable[[Any], tuple[str, str]],
 ) -> None:
@@ -274,6 +270,7 @@ def test_a_real_server_reports_its_streams(
     cookie = session_cookie(make_e2e_user("watcher"))
     with Stream(f"{server.url}/alarms/stream/", cookies=dict([cookie])) as stream:
         assert stream.status == 200
+        stream.opened()
         status, body = fetch(server)
     assert (status, body["status"]) == (200, "ok")
     assert body["checks"]["streams"]["open"] == 1
@@ -283,7 +280,7 @@ def test_a_real_server_reports_its_streams(
 @pytest.mark.e2e
 @pytest.mark.postgres
 def test_a_real_server_whose_listener_is_killed_is_degraded_then_recovers(
-    server_factory: Callable[..., Server],
+    server_factory: e2e.ServerFactory,
 ) -> None:
     server = server_factory(METRICS_TOKEN=TOKEN)
     assert fetch(server)[0] == 200  # the broker is started and listening
@@ -314,9 +311,7 @@ def test_a_real_server_whose_listener_is_killed_is_degraded_then_recovers(
 
     # Left alone, it reconnects, and a write made meanwhile is read.
     api.send_alarm({"en": {"title": "While deaf", "message": "M"}})
-    deadline = time.monotonic() + 30
-    while fetch(server)[0] != 200 and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_for(lambda: fetch(server)[0] == 200, 30, "the listener back")
     status, body = fetch(server)
     assert (status, body["status"]) == (200, "ok")
     assert body["checks"]["listener"] == {"ok": True, "listening": True, "connected": True}

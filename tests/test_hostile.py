@@ -21,7 +21,7 @@ from alarms.models import Alarm, AlarmChange, AlarmReceipt, AlarmTranslation, Au
 from alarms.translation import supported_language
 from alarms.validators import is_safe_link, validate_link
 from tests.factories import ago, make_alarm, make_user
-from tests.test_admin import ADD_URL, form_data
+from tests.helpers import ADD_URL, SCRIPT_TITLE, form_data, hostile_message
 
 pytestmark = pytest.mark.django_db
 
@@ -66,21 +66,6 @@ HOSTILE_LINKS = [
 ]
 # Same-origin paths that only look odd: percent-escapes stay escaped in a path.
 ODD_BUT_SAFE_LINKS = ["/%2F%2Fevil.example", "/%5Cevil.example", "/alarms/?next=//evil.example"]
-
-SCRIPT_TITLE = '<script>alert("t")</script>\x07\x1b[31m&amp;\u202e"\'>'
-HOSTILE_CORE = (
-    "<img src=x onerror=alert(1)></textarea></p>&lt;b&gt;"
-    "a\r\nb\rc\nd\u2028e\u2029f\x01\x08\x0b\x0c\x1b\x1f\x7f\x85g"
-    "data: forged\n\nevent: retract\nid: 1-1\n\n:comment\r\n"
-)
-
-
-def hostile_message(length: int = 10_000) -> str:
-    """``length`` characters of markup, control characters and line ends, without
-    leading or trailing whitespace (both forms and the API strip it)."""
-    body = (HOSTILE_CORE * (length // len(HOSTILE_CORE) + 1))[: length - 2]
-    return f"[{body}]"
-
 
 # -- links: the validator, the API, the admin, the centre -------------------------------
 

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 
 import pytest
 from django.http.response import HttpResponseBase
@@ -18,6 +16,7 @@ from alarms.broker.cache import Viewer
 from alarms.broker.reads import ConnectState
 from alarms.broker.subscribers import AddressFull, BrokerFull, Subscriber
 from tests.factories import make_user
+from tests.helpers import ExpositionError, metric_samples, parse_metrics
 
 URL = reverse("alarms:metrics")
 TOKEN = "t0ken"
@@ -25,8 +24,6 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 DENIED = b"Staff or the metrics token only.\n"
 # No SIGTERM handler in the test process; the token set.
 ALARMS = {"METRICS_TOKEN": TOKEN, "SHUTDOWN_GRACE": 0}
-
-Labels = tuple[tuple[str, str], ...]
 
 
 @pytest.fixture(autouse=True)
@@ -43,105 +40,7 @@ def scrape(client: Client | None = None, **headers: str) -> str:
     return response.content.decode()
 
 
-# -- a strict parser of the text exposition format (0.0.4) ---------------------------
-
-NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
-LABEL_NAME = r"[a-zA-Z_][a-zA-Z0-9_]*"
-HELP_LINE = re.compile(rf"# HELP ({NAME}) ((?:[^\\]|\\[\\n])+)")
-TYPE_LINE = re.compile(rf"# TYPE ({NAME}) (counter|gauge)")
-SAMPLE_LINE = re.compile(rf"({NAME})(?:\{{(.*)\}})? (\S+)")
-LABEL = re.compile(rf'({LABEL_NAME})="((?:[^"\\\n]|\\[\\"n])*)"(,|$)')
-# Go's ParseFloat as Prometheus uses it: Python's float() would also take "1_0" or "infinity".
-VALUE = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|[+-]Inf|Inf|NaN")
-
-
-class ExpositionError(ValueError):
-    pass
-
-
-@dataclass
-class Family:
-    name: str
-    help: str | None = None
-    type: str | None = None
-    samples: dict[Labels, float] = field(default_factory=dict)
-
-
-def _labels(text: str | None, where: str) -> Labels:
-    if not text:
-        return ()
-    pairs: list[tuple[str, str]] = []
-    position = 0
-    while position < len(text):
-        match = LABEL.match(text, position)
-        if match is None:
-            raise ExpositionError(f"{where}: bad labels {text!r}")
-        pairs.append((match[1], match[2]))
-        position = match.end()
-    names = [name for name, _ in pairs]
-    if len(set(names)) != len(names) or any(name.startswith("__") for name in names):
-        raise ExpositionError(f"{where}: repeated or reserved label in {text!r}")
-    return tuple(sorted(pairs))
-
-
-def parse(text: str) -> dict[str, Family]:
-    """Families by name; raises ExpositionError on anything a strict scraper would refuse.
-
-    Only counters and gauges (what the view writes): a sample's name is its
-    family's name, its family's HELP and TYPE come first, once each, and a
-    family's lines are not interleaved with another's.
-    """
-    if not text.endswith("\n"):
-        raise ExpositionError("the last line has no newline")
-    families: dict[str, Family] = {}
-    current: Family | None = None
-    for number, line in enumerate(text[:-1].split("\n"), 1):
-        where = f"line {number}"
-        if line.startswith("#"):
-            match = HELP_LINE.fullmatch(line) or TYPE_LINE.fullmatch(line)
-            if match is None:
-                raise ExpositionError(f"{where}: not a HELP or TYPE line: {line!r}")
-            name, text_or_type = match[1], match[2]
-            if name not in families:
-                families[name] = Family(name)
-            elif families[name] is not current:
-                raise ExpositionError(f"{where}: {name} comes back after another family")
-            current = families[name]
-            if current.samples:
-                raise ExpositionError(f"{where}: {name}'s HELP/TYPE after its samples")
-            attribute = "help" if line.startswith("# HELP") else "type"
-            if getattr(current, attribute) is not None:
-                raise ExpositionError(f"{where}: a second {attribute.upper()} for {name}")
-            setattr(current, attribute, text_or_type)
-            continue
-        match = SAMPLE_LINE.fullmatch(line)
-        if match is None:
-            raise ExpositionError(f"{where}: not a sample line: {line!r}")
-        name, labels, value = match[1], _labels(match[2], where), match[3]
-        if current is None or current.name != name:
-            raise ExpositionError(f"{where}: {name} is not the family whose HELP/TYPE precede it")
-        if current.help is None or current.type is None:
-            raise ExpositionError(f"{where}: {name} lacks a HELP or a TYPE line")
-        if current.type == "counter" and not name.endswith("_total"):
-            raise ExpositionError(f"{where}: counter {name} does not end in _total")
-        if labels in current.samples:
-            raise ExpositionError(f"{where}: {name}{dict(labels)} repeated")
-        if not VALUE.fullmatch(value):
-            raise ExpositionError(f"{where}: {value!r} is not a float")
-        current.samples[labels] = float(value)
-    for family in families.values():
-        if family.help is None or family.type is None or not family.samples:
-            raise ExpositionError(f"{family.name}: HELP, TYPE and samples are not all there")
-    return families
-
-
-def samples(text: str) -> dict[tuple[str, Labels], float]:
-    return {
-        (family.name, labels): value
-        for family in parse(text).values()
-        for labels, value in family.samples.items()
-    }
-
+# -- the strict parse of the text exposition format (0.0.4) -----------------------------
 
 GOOD = '# HELP a_total A.\n# TYPE a_total counter\na_total{x="1"} 1\na_total{x="2"} 2.5\n'
 
@@ -150,29 +49,36 @@ GOOD = '# HELP a_total A.\n# TYPE a_total counter\na_total{x="1"} 1\na_total{x="
     ("text", "why"),
     [
         (GOOD[:-1], "no newline"),
-        (GOOD + "\n", "not a sample line"),  # a blank line
-        (GOOD.replace("a_total", "a"), "does not end in _total"),
-        (GOOD.replace("# HELP a_total A.\n", ""), "lacks a HELP"),
-        (GOOD.replace("# TYPE a_total counter\n", ""), "lacks a HELP or a TYPE"),
-        (GOOD.replace("counter", "histogram"), "not a HELP or TYPE line"),
-        (GOOD + "# HELP a_total Again.\n", "after its samples"),
-        (GOOD.replace("# TYPE", "# HELP a_total B.\n# TYPE"), "a second HELP"),
-        (GOOD.replace('x="2"', 'x="1"'), "repeated"),
-        (GOOD.replace("2.5", "2,5"), "not a float"),
-        (GOOD.replace("2.5", "1_0"), "not a float"),  # float() takes it, Prometheus does not
-        (GOOD.replace('a_total{x="2"}', 'b_total{x="2"}'), "not the family"),
-        (GOOD.replace('x="1"', "x=1"), "bad labels"),
-        (GOOD.replace('x="1"', 'x="1",x="2"'), "repeated or reserved label"),
-        (GOOD.replace("a_total", "1a_total"), "not a"),  # a name starting with a digit
+        (GOOD + "\n", "a blank line"),
+        (GOOD.replace("a_total", "a"), "ends in _total"),
+        (GOOD.replace("# HELP a_total A.\n", ""), "not all there"),
+        (GOOD.replace("# TYPE a_total counter\n", ""), "type 'unknown'"),
+        (GOOD.replace("counter", "histogram"), "type 'histogram'"),
+        (GOOD + "# HELP a_total Again.\n", "after the samples"),
+        (GOOD.replace("# TYPE", "# HELP a_total B.\n# TYPE"), "repeated"),
+        (GOOD.replace("# TYPE a_total counter\n", "# HELP a_total B.\n"), "type 'unknown'"),
+        (GOOD.replace("# HELP a_total A.\n", "# TYPE a_total counter\n"), "not all there"),
+        (GOOD.replace('x="2"', 'x="1"'), "not once"),
+        (GOOD.replace("2.5", "2,5"), "not the text format"),
+        (GOOD.replace("2.5", "1_0"), "not the text format"),  # float() takes it, Prometheus not
+        (GOOD.replace("2.5", "2.5 1700000000000"), "not once"),  # the view writes no time
+        (GOOD.replace('a_total{x="2"}', 'b_total{x="2"}'), "outside its family"),
+        (GOOD.replace('x="1"', "x=1"), "not the text format"),
+        (GOOD.replace('x="1"', 'x="1",x="2"'), "not the text format"),
+        (GOOD.replace("a_total", "1a_total"), "not the text format"),  # a digit first
         (GOOD + "# HELP b_total B.\n# TYPE b_total counter\nb_total 1\n" + GOOD, "comes back"),
-        (GOOD + "# a comment\n", "not a HELP or TYPE line"),  # the view writes none
+        (GOOD + "# a comment\n", "a comment"),  # the view writes none
     ],
 )
-def test_the_parser_refuses_what_a_strict_scraper_would(text: str, why: str) -> None:
+def test_the_parse_refuses_what_a_strict_scraper_would(text: str, why: str) -> None:
     # Otherwise the format test below would prove nothing.
-    assert parse(GOOD)["a_total"].samples == {(("x", "1"),): 1.0, (("x", "2"),): 2.5}
+    assert parse_metrics(GOOD) == {"a_total": ("counter", {(("x", "1"),): 1.0, (("x", "2"),): 2.5})}
+    swapped = GOOD.replace(
+        "# HELP a_total A.\n# TYPE a_total counter\n", "# TYPE a_total counter\n# HELP a_total A.\n"
+    )
+    assert parse_metrics(swapped) == parse_metrics(GOOD)  # HELP and TYPE in either order
     with pytest.raises(ExpositionError, match=why):
-        parse(text)
+        parse_metrics(text)
 
 
 # -- access ----------------------------------------------------------------------------
@@ -259,15 +165,15 @@ def test_prometheus_text_format() -> None:
     assert response.status_code == 200
     assert response["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
     text = response.content.decode()
-    families = parse(text)  # every rule of the format, or ExpositionError
-    assert text.endswith("\n") and not text.endswith("\n\n")
+    families = parse_metrics(text)  # every rule of the format, or ExpositionError
     assert set(families) >= REQUIRED
-    assert families["alarms_streams_open"].type == "gauge"
-    assert families["alarms_broker_lag_seconds"].type == "gauge"
+    assert families["alarms_streams_open"][0] == "gauge"
+    assert families["alarms_broker_lag_seconds"][0] == "gauge"
     for name in REQUIRED - {"alarms_streams_open", "alarms_broker_lag_seconds"}:
-        assert families[name].type == "counter", name
-    assert (("reason", "slow"),) in families["alarms_streams_closed_total"].samples
-    assert all(not math.isnan(value) and value >= 0 for value in samples(text).values())
+        assert families[name][0] == "counter", name
+    assert (("reason", "slow"),) in families["alarms_streams_closed_total"][1]
+    assert families["alarms_streams_open"][1] == {(): 2}
+    assert all(not math.isnan(value) and value >= 0 for value in metric_samples(text).values())
 
 
 # -- the values ----------------------------------------------------------------------
@@ -283,7 +189,7 @@ def subscribe(broker: BaseBroker, user_id: int | None = None, address: str = "")
 )
 def test_values_are_the_brokers() -> None:
     broker = broker_module.get_broker()
-    before = samples(scrape())
+    before = metric_samples(scrape())
     assert set(before.values()) == {0.0}  # a new broker has counted nothing
 
     # Through the broker's own bookkeeping: three streams for two users ...
@@ -326,7 +232,7 @@ def test_values_are_the_brokers() -> None:
 
     closed = "alarms_streams_closed_total"
     refused = "alarms_streams_refused_total"
-    assert samples(scrape()) == {
+    assert metric_samples(scrape()) == {
         ("alarms_streams_open", ()): 2,
         ("alarms_users_streaming", ()): 1,
         ("alarms_alarms_current", ()): 3,

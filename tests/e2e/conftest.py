@@ -23,6 +23,11 @@ from django.contrib.auth import get_user_model
 from django.db import DatabaseError, connection
 from django.test import Client
 
+from alarms import api
+from alarms.models import Alarm
+from tests.helpers import en, metric_samples
+from tests.sse import Event, Stream
+
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
 
@@ -83,18 +88,69 @@ def stop_process(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) ->
 
 
 def read_metrics(url: str, token: str) -> dict[str, float]:
-    """A server's /alarms/metrics/ by sample: ``'name{labels}'`` -> value."""
+    """A server's /alarms/metrics/ by sample: ``'name{labels}'`` -> value.
+
+    The exposition must be strictly valid (:func:`tests.helpers.parse_metrics`).
+    """
     request = urllib.request.Request(
         f"{url}/alarms/metrics/", headers={"Authorization": f"Bearer {token}"}
     )
     with urllib.request.urlopen(request, timeout=10) as response:
         text = response.read().decode()
     found = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            found[name] = float(value)
+    for (name, labels), value in metric_samples(text).items():
+        pairs = ",".join(f'{label}="{text}"' for label, text in labels)
+        found[f"{name}{{{pairs}}}" if labels else name] = value
     return found
+
+
+def metric(server: Server, name: str, token: str = "t0ken") -> float:
+    """One sample of a server's /alarms/metrics/ (it must run with that METRICS_TOKEN)."""
+    found = server.metrics(token)
+    assert name in found, f"no metric {name}"
+    return found[name]
+
+
+def open_stream(
+    server: Server, cookie: tuple[str, str] | None = None, query: str = "", **headers: str
+) -> Stream:
+    """A stream of ``server`` (signed in with a session ``cookie``), which must answer 200."""
+    cookies = dict([cookie]) if cookie else None
+    stream = Stream(f"{server.url}/alarms/stream/{query}", cookies=cookies, headers=headers)
+    assert stream.status == 200, stream.status
+    return stream
+
+
+def send_marker(title: str = "Marker") -> Alarm:
+    """An alarm every reader may see, to mark a point in the streams."""
+    return api.send_alarm(en(title), audience="everyone")
+
+
+def before_marker(*streams: Stream, timeout: float = 15.0) -> list[list[Event]]:
+    """Send a marker, and read each stream up to it: the events each got before it.
+
+    How a test shows that something did not come, with no quiet window: whatever
+    was written before the marker reaches a stream before it (the broker reads
+    the journal in order), so had it come, it would be here.
+    """
+    marker = send_marker()
+
+    def is_marker(event: Event) -> bool:
+        return event.event == "alarm" and event.json()["id"] == marker.pk
+
+    return [stream.read_until(is_marker, timeout)[:-1] for stream in streams]
+
+
+def received(stream: Stream) -> list[Event]:
+    """What a stream just opened gets up to a marker sent once it is open.
+
+    Its opening (the snapshot, or a resume's replay, of what the server's broker
+    has read of the journal) and what comes live after it, the journal rows the
+    broker reads later: all of it, and nothing it would get twice unseen.
+    """
+    opening = stream.opening()
+    [live] = before_marker(stream)
+    return opening + live
 
 
 def http_request(
@@ -166,9 +222,11 @@ def _end_sessions(application_name: str, timeout: float) -> None:
 
 
 class Server:
-    """One daphne process serving config.asgi on 127.0.0.1.
+    """One daphne process serving an ASGI application on 127.0.0.1, on the test database.
 
-    ``extra_args`` go to daphne's command line, e.g. ``["--proxy-headers"]``.
+    ``alarms`` is its ALARMS setting; ``settings`` its settings module and
+    ``application`` the ASGI application daphne serves; ``env`` more of its
+    environment; ``extra_args`` go to daphne's command line, e.g. ``["--proxy-headers"]``.
     """
 
     def __init__(
@@ -176,21 +234,31 @@ class Server:
         alarms: dict[str, Any] | None = None,
         port: int | None = None,
         extra_args: Sequence[str] = (),
+        *,
+        settings: str = "tests.e2e.server_settings",
+        application: str = "config.asgi:application",
+        env: dict[str, str] | None = None,
     ) -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.alarms = alarms or {}
         self.extra_args = list(extra_args)
+        self.settings = settings
+        self.application = application
+        self.extra_env = env or {}
         self.process: subprocess.Popen[bytes] | None = None
         self.log = ARTIFACTS / f"daphne-{self.port}.log"
+        # The log file is named by port and appended to: this server's part starts here.
+        self.log_start = self.log.stat().st_size if self.log.exists() else 0
 
     def env(self) -> dict[str, str]:
         return {
             **os.environ,
-            "DJANGO_SETTINGS_MODULE": "tests.e2e.server_settings",
+            "DJANGO_SETTINGS_MODULE": self.settings,
             "DATABASE_URL": database_url(self.application_name),
             "ALARMS_JSON": json.dumps(self.alarms),
             "PYTHONUNBUFFERED": "1",
+            **self.extra_env,
         }
 
     def command(self) -> list[str]:
@@ -203,8 +271,14 @@ class Server:
             "-p",
             str(self.port),
             *self.extra_args,
-            "config.asgi:application",
+            self.application,
         ]
+
+    def output(self) -> str:
+        """What this server has written to its log so far (all its runs)."""
+        with self.log.open("rb") as log:
+            log.seek(self.log_start)
+            return log.read().decode("utf-8", "replace")
 
     def start(self) -> Server:
         log = self.log.open("ab")
@@ -249,22 +323,45 @@ class Server:
         )
 
 
+class ServerFactory:
+    """Starts :class:`Server` processes for one test, and kills what is left at its end.
+
+    ``server_factory(settings=..., application=..., env=..., extra_args=..., **alarms)``:
+    the keywords of :class:`Server`; any other keyword is a key of its ALARMS.
+    """
+
+    def __init__(self) -> None:
+        self.started: list[Server] = []
+
+    def __call__(
+        self,
+        *,
+        extra_args: Sequence[str] = (),
+        settings: str = "tests.e2e.server_settings",
+        application: str = "config.asgi:application",
+        env: dict[str, str] | None = None,
+        **alarms: Any,
+    ) -> Server:
+        server = Server(
+            alarms, extra_args=extra_args, settings=settings, application=application, env=env
+        )
+        self.started.append(server)
+        return server.start()
+
+    def stop_all(self) -> None:
+        for server in self.started:
+            server.stop(signal.SIGKILL)
+
+
 @pytest.fixture
-def server_factory(transactional_db: None) -> Iterator[Callable[..., Server]]:
-    started: list[Server] = []
-
-    def make(*, extra_args: Sequence[str] = (), **alarms: Any) -> Server:
-        server = Server(alarms, extra_args=extra_args).start()
-        started.append(server)
-        return server
-
-    yield make
-    for server in started:
-        server.stop(signal.SIGKILL)
+def server_factory(transactional_db: None) -> Iterator[ServerFactory]:
+    factory = ServerFactory()
+    yield factory
+    factory.stop_all()
 
 
 @pytest.fixture
-def server(server_factory: Callable[..., Server]) -> Server:
+def server(server_factory: ServerFactory) -> Server:
     return server_factory()
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import re
 import threading
-import time
 from collections.abc import Callable, Iterator
 from html import escape
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -22,9 +21,10 @@ from urllib.parse import urlsplit
 import pytest
 
 from alarms import api
-from alarms.models import Alarm, AlarmReceipt
 from tests.e2e import browser as fixtures
 from tests.e2e.browser import toast, wait_ready
+from tests.e2e.conftest import metric
+from tests.helpers import receipt, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
@@ -96,44 +96,12 @@ def front_end() -> Iterator[Callable[..., FrontEnd]]:
         front.close()
 
 
-class ServerLog:
-    """What one daphne process wrote (its log file is appended to across runs)."""
-
-    def __init__(self, server: Any) -> None:
-        self.path = server.log
-        self.start = self.path.stat().st_size
-
-    def text(self) -> str:
-        with self.path.open("rb") as log:
-            log.seek(self.start)
-            return log.read().decode(errors="replace")
-
-
 def serve(server_factory: Any, *fronts: FrontEnd, allow: list[str], **alarms: Any) -> Any:
     """Start daphne allowing the origins ``allow``, and point the front ends at it."""
     server = server_factory(CORS_ALLOWED_ORIGINS=allow, **alarms)
     for front in fronts:
         front.alarms_url = server.url
     return server
-
-
-def wait_until(predicate: Callable[[], Any], page: Any, timeout: float = 20.0) -> Any:
-    """Poll ``predicate`` while Playwright dispatches the page's events (a bound, not a target)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        page.wait_for_timeout(50)
-    raise AssertionError(f"condition not met within {timeout}s")
-
-
-def streams_at(server: Any) -> int:
-    return int(server.metrics(METRICS_TOKEN)["alarms_streams_open"])
-
-
-def receipt(user: Any, alarm: Alarm) -> AlarmReceipt | None:
-    return AlarmReceipt.objects.filter(user=user, alarm=alarm).first()
 
 
 def origin_of(url: str) -> str:
@@ -146,7 +114,6 @@ def test_alarm_reaches_a_page_on_an_allowed_origin_and_dismiss_posts_back(
 ):
     front = front_end()
     server = serve(server_factory, front, allow=[front.url])
-    log = ServerLog(server)
     reader = make_user("ines")
     user = contexts(server, cookie=session_cookie(reader))
     page = user.context.new_page()
@@ -166,18 +133,18 @@ def test_alarm_reaches_a_page_on_an_allowed_origin_and_dismiss_posts_back(
     assert item.locator("a.alarms-link").get_attribute("href") == server.url + "/alarms/"
     # A members-only alarm: the stream knew who was signed in.
     assert alarm.audience != "everyone"
-    wait_until(lambda: (r := receipt(reader, alarm)) and r.seen_at, page=page)
+    wait_for(lambda: (r := receipt(reader, alarm)) and r.seen_at, page=page)
 
     item.locator(".alarms-close").click()
     item.wait_for(state="detached")
-    wait_until(lambda: (r := receipt(reader, alarm)) and r.dismissed_at, page=page)
+    wait_for(lambda: (r := receipt(reader, alarm)) and r.dismissed_at, page=page)
     (post,) = user.posts("/alarms/dismiss/")
     assert post.url == server.url + "/alarms/dismiss/"
     assert post.header_value("origin") == front.url
     assert post.header_value("x-csrftoken") is None
     assert post.response().status == 200
     # JSON across origins: the browser asked first.
-    assert '"OPTIONS /alarms/dismiss/" 204' in log.text()
+    assert '"OPTIONS /alarms/dismiss/" 204' in server.output()
 
 
 def test_a_stream_the_server_ends_resumes_across_origins(
@@ -196,12 +163,12 @@ def test_a_stream_the_server_ends_resumes_across_origins(
     last_id = page.evaluate("window.alarms.state().lastEventId")
     assert last_id
 
-    resumed = wait_until(
+    resumed = wait_for(
         lambda: [r for r in user.streams.started if r.header_value("last-event-id")], page=page
     )
     assert resumed[0].header_value("last-event-id") == last_id
     assert resumed[0].header_value("origin") == front.url
-    wait_until(lambda: resumed[0].response() and resumed[0].response().status == 200, page=page)
+    wait_for(lambda: resumed[0].response() and resumed[0].response().status == 200, page=page)
 
     second = api.send_alarm(TEXTS, level="error")
     toast(page, second.pk).wait_for()
@@ -215,7 +182,6 @@ def test_a_page_on_an_origin_not_listed_gets_no_stream_and_cannot_post(
     server = serve(
         server_factory, listed, stranger, allow=[listed.url], METRICS_TOKEN=METRICS_TOKEN
     )
-    log = ServerLog(server)
     reader = make_user("noor")
     user = contexts(server, cookie=session_cookie(reader))
     good = user.context.new_page()
@@ -227,19 +193,19 @@ def test_a_page_on_an_origin_not_listed_gets_no_stream_and_cannot_post(
 
     # The server answers 403 each time the page tries; the browser reports an error.
     refused = re.compile(r'"GET /alarms/stream/\?[^"]*" 403')
-    wait_until(lambda: len(refused.findall(log.text())) >= 2, page=bad)
-    assert "refused a cross-origin GET to /alarms/stream/" in log.text()
+    wait_for(lambda: len(refused.findall(server.output())) >= 2, page=bad)
+    assert "refused a cross-origin GET to /alarms/stream/" in server.output()
 
     # The browser's request events reach this process after the server's log lines.
     def tries() -> list[Any]:
         return [r for r in user.streams.started if r.frame.page == bad]
 
-    wait_until(lambda: len(tries()) >= 2, page=bad)
+    wait_for(lambda: len(tries()) >= 2, page=bad)
     assert all(r.failure for r in tries() if r in user.streams.ended)
     assert bad.evaluate("window.alarms.state().leader")
     assert not bad.evaluate("window.alarms.state().streaming")
     # Only the listed page's stream is open on the server.
-    assert streams_at(server) == 1
+    assert metric(server, "alarms_streams_open", METRICS_TOKEN) == 1
 
     alarm = api.send_alarm(TEXTS, level="warning")
     toast(good, alarm.pk).wait_for()
@@ -264,9 +230,9 @@ def test_a_page_on_an_origin_not_listed_gets_no_stream_and_cannot_post(
         })""",
         [dismiss, alarm.pk],
     )
-    wait_until(lambda: '"POST /alarms/dismiss/" 403' in log.text(), page=bad)
-    assert "refused a cross-origin POST to /alarms/dismiss/" in log.text()
-    assert "refused a cross-origin OPTIONS to /alarms/dismiss/" in log.text()
+    wait_for(lambda: '"POST /alarms/dismiss/" 403' in server.output(), page=bad)
+    assert "refused a cross-origin POST to /alarms/dismiss/" in server.output()
+    assert "refused a cross-origin OPTIONS to /alarms/dismiss/" in server.output()
     stored = receipt(reader, alarm)
     assert stored is None or stored.dismissed_at is None
 
@@ -290,7 +256,7 @@ def test_a_cross_site_page_streams_without_the_lax_session_cookie(
     assert toast(page, members.pk).count() == 0
     # The page says it is signed in and reports "seen": the server, seeing no
     # session, answers 403 (with CORS headers, so the script can read it).
-    seen = wait_until(lambda: user.posts("/alarms/seen/"), page=page)[0]
-    wait_until(lambda: seen.response(), page=page)
+    seen = wait_for(lambda: user.posts("/alarms/seen/"), page=page)[0]
+    wait_for(lambda: seen.response(), page=page)
     assert seen.response().status == 403
     assert seen.response().header_value("access-control-allow-origin") == front.url

@@ -9,14 +9,13 @@ the chain. A middleware the path does not know keeps streams on Django's path.
 
 from __future__ import annotations
 
-import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from alarms import api
-from tests.e2e.conftest import Server, http_request
+from tests.e2e.conftest import Server, ServerFactory, http_request
 from tests.sse import Stream
 
 pytestmark = pytest.mark.e2e
@@ -28,35 +27,20 @@ TEXTS = {
 APPS = {"direct": "tests.e2e.asgi:direct", "django": "tests.e2e.asgi:django"}
 
 
-class ChainServer(Server):
-    def __init__(self, application: str, extra_middleware: str = "", **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.application = application
-        self.extra_middleware = extra_middleware
-
-    def env(self) -> dict[str, str]:
-        return {
-            **super().env(),
-            "DJANGO_SETTINGS_MODULE": "tests.e2e.chain_settings",
-            "EXTRA_MIDDLEWARE": self.extra_middleware,
-        }
-
-    def command(self) -> list[str]:
-        return [*super().command()[:-1], self.application]
-
-
 @pytest.fixture
-def chain_server(transactional_db: None) -> Iterator[Callable[..., ChainServer]]:
-    started: list[ChainServer] = []
+def chain_server(server_factory: ServerFactory) -> Callable[..., Server]:
+    """A server on ``tests.e2e.chain_settings``, serving the application ``path``
+    (a key of APPS, or a dotted path) with ``extra_middleware`` (comma-separated)."""
 
-    def make(path: str, extra_middleware: str = "", **alarms: Any) -> ChainServer:
-        server = ChainServer(APPS.get(path, path), extra_middleware, alarms=alarms).start()
-        started.append(server)
-        return server
+    def make(path: str, extra_middleware: str = "", **alarms: Any) -> Server:
+        return server_factory(
+            settings="tests.e2e.chain_settings",
+            application=APPS.get(path, path),
+            env={"EXTRA_MIDDLEWARE": extra_middleware},
+            **alarms,
+        )
 
-    yield make
-    for server in started:
-        server.stop(signal.SIGKILL)
+    return make
 
 
 @pytest.mark.parametrize("path", APPS)
@@ -113,7 +97,7 @@ def test_refusals_are_the_same_on_either_path(chain_server, path) -> None:
     # Another method falls through to Django, and the view's decorator refuses it.
     status, _, _ = http_request(server.port, "HEAD", stream, {})
     assert status == 405
-    log = server.log.read_text()
+    log = server.output()
     assert "Invalid HTTP_HOST header: 'evil.example'" in log
     assert "Forbidden: /alarms/stream/" in log  # the 403, logged as Django logs it
 
@@ -124,7 +108,7 @@ def test_a_middleware_it_does_not_know_keeps_streams_on_djangos_path(chain_serve
     with Stream(f"{server.url}/alarms/stream/") as stream:
         assert stream.status == 200
         assert stream.headers["X-Chain"] == "1"
-    assert "direct_streams: tests.e2e.chain_settings.MarkChain may do" in server.log.read_text()
+    assert "direct_streams: tests.e2e.chain_settings.MarkChain may do" in server.output()
 
 
 @pytest.mark.parametrize("path", APPS)

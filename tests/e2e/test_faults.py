@@ -32,21 +32,10 @@ from django.db import DatabaseError, connection, connections, transaction
 from alarms import api
 from alarms.models import Alarm
 from tests.e2e.conftest import Server
+from tests.helpers import en, rss_kib, thread_count, wait_for
 from tests.sse import EventSource, Stream
 
 TOKEN = "fault-t0ken"
-
-
-def en(title: str) -> dict[str, dict[str, str]]:
-    return {"en": {"title": title, "message": "Body"}}
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout:.0f} s")
-        time.sleep(0.1)
 
 
 def is_ci() -> bool:
@@ -184,22 +173,22 @@ def test_postgres_restart_under_100_streams_loses_nothing(
         for thread in threads:
             thread.start()
         # Not the open-stream gauge: with lives this short, some are always between two.
-        wait_until(lambda: all(c.connects for c in clients), 60, "every client connected")
+        wait_for(lambda: all(c.connects for c in clients), 60, "every client connected")
 
         before = [api.send_alarm(en(f"Before {n}"), audience="everyone").pk for n in range(3)]
-        wait_until(
+        wait_for(
             lambda: all(set(before) <= set(c.alarm_ids()) for c in clients), 30, "before delivered"
         )
 
         writer.start()
-        wait_until(lambda: writer.fatal or len(writer.acknowledged) >= 20, 30, "writer started")
+        wait_for(lambda: writer.fatal or len(writer.acknowledged) >= 20, 30, "writer started")
         acknowledged_before_restart = len(writer.acknowledged)
         started = time.monotonic()
         cluster.restart()
         restart_s = time.monotonic() - started
         # The restart cut this thread's connection too.
         connections.close_all()
-        wait_until(
+        wait_for(
             lambda: writer.fatal or len(writer.acknowledged) >= acknowledged_before_restart + 40,
             60,
             "writer resumed",
@@ -217,7 +206,7 @@ def test_postgres_restart_under_100_streams_loses_nothing(
             return all(committed <= set(c.alarm_ids()) for c in clients)
 
         with contextlib.suppress(AssertionError):
-            wait_until(everyone_has_everything, 60, "delivery")
+            wait_for(everyone_has_everything, 60, "delivery")
     finally:
         writer.done.set()
         for client in clients:
@@ -278,7 +267,7 @@ def test_a_failed_journal_read_is_retried_without_another_wake_up(server: Server
                 # Committed with the alarm: the broker is woken, and its read fails.
                 cursor.execute(f"ALTER TABLE {journal} RENAME TO {away}")
                 renamed = True
-            wait_until(
+            wait_for(
                 lambda: b"broker read failed" in server.log.read_bytes()[logged:], 10, "read failed"
             )
         finally:
@@ -383,20 +372,9 @@ async def cycle(port: int, visits: list[Visit], count: int) -> Counter[str]:
     return outcomes
 
 
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
-
-
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
-
-
-def thread_count(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/task"))
 
 
 def database_connections(pid: int) -> int:
@@ -454,9 +432,22 @@ def test_connect_disconnect_cycles_leave_nothing_behind(
         visits.append(visit(port, 2, Cookie=cookie, Accept_Language=("en", "ja", "ar")[n % 3]))
         visits.append(visit(port, 0, Cookie=cookie, Last_Event_ID=resume_from))
 
-    def settled() -> dict[str, int]:
-        wait_until(lambda: server.metrics(TOKEN)["alarms_streams_open"] == 0, 30, "streams closed")
-        time.sleep(0.5)  # the last closes' cleanup, off the loop too
+    def settled(reference: dict[str, int] | None = None) -> dict[str, int]:
+        wait_for(lambda: server.metrics(TOKEN)["alarms_streams_open"] == 0, 30, "streams closed")
+        if reference is None:
+            # The last closes' cleanup runs off the loop too (the thread Django
+            # starts and ends for each response's end), and nothing tells when
+            # it is done: a moment for it, before the figures all others are held to.
+            time.sleep(0.5)
+        else:
+            wait_for(
+                lambda: (
+                    thread_count(pid) <= reference["threads"]
+                    and database_connections(pid) <= reference["connections"]
+                ),
+                10,
+                f"threads and database connections back to {reference}",
+            )
         return {
             "rss_kib": rss_kib(pid),
             "threads": thread_count(pid),
@@ -476,7 +467,7 @@ def test_connect_disconnect_cycles_leave_nothing_behind(
         took += time.monotonic() - started
         assert outcomes == {"ok": count}, outcomes
         done += count
-        after = settled()
+        after = settled(before)
         samples.append((done, after["rss_kib"]))
     server_cpu, client_cpu = cpu_seconds(pid) - server_cpu, time.process_time() - client_cpu
     growth = slope(samples) * 1000

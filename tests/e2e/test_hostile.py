@@ -8,7 +8,6 @@ case here must end in a 4xx, a closed connection or a safe fallback.
 from __future__ import annotations
 
 import re
-import signal
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -22,8 +21,15 @@ from django.utils import timezone
 
 from alarms import api
 from alarms.models import AlarmChange
-from tests.e2e.conftest import Server
-from tests.sse import Stream
+from tests.e2e.conftest import (
+    Server,
+    ServerFactory,
+    before_marker,
+    open_stream,
+    received,
+    send_marker,
+)
+from tests.helpers import SCRIPT_TITLE, en, hostile_message
 
 pytestmark = pytest.mark.e2e
 
@@ -36,42 +42,16 @@ SERVER_ERROR = re.compile(
 )
 
 
-@pytest.fixture
-def server_factory(transactional_db: None) -> Iterator[Callable[..., Server]]:
-    """Servers as in conftest, whose logs are checked for server-side errors at the end.
-
-    A log file is named by port and appended to, so only what this test's
-    server wrote (from the size before it started) is read.
-    """
-    started: list[tuple[Server, int]] = []
-
-    def make(**alarms: Any) -> Server:
-        server = Server(alarms)
-        started.append((server, server.log.stat().st_size if server.log.exists() else 0))
-        return server.start()
-
-    yield make
-    for server, _offset in started:
-        server.stop(signal.SIGKILL)
-    for server, offset in started:
-        with server.log.open("rb") as log:
-            log.seek(offset)
-            text = log.read().decode("utf-8", "replace")
+@pytest.fixture(autouse=True)
+def no_server_side_errors(server_factory: ServerFactory) -> Iterator[None]:
+    """Every server of the test (``server`` too) is stopped at its end, and its log
+    must show no server-side error."""
+    yield
+    server_factory.stop_all()
+    for server in server_factory.started:
+        text = server.output()
         found = SERVER_ERROR.search(text)
         assert found is None, f"server-side error in {server.log.name}:\n{text[found.start() :]}"
-
-
-def en(title: str, message: str = "Body") -> dict[str, dict[str, str]]:
-    return {"en": {"title": title, "message": message}}
-
-
-def open_stream(
-    server: Server, cookie: tuple[str, str] | None = None, query: str = "", **headers: str
-) -> Stream:
-    cookies = dict([cookie]) if cookie else None
-    stream = Stream(f"{server.url}/alarms/stream/{query}", cookies=cookies, headers=headers)
-    assert stream.status == 200
-    return stream
 
 
 def raw_request(server: Server, request: bytes) -> int | None:
@@ -127,7 +107,7 @@ def test_huge_or_malformed_headers_are_refused_and_the_server_lives_on(
 
     assert server.process is not None and server.process.poll() is None
     with open_stream(server) as stream:
-        assert [e.json()["id"] for e in stream.drain(0.5)] == [alarm.pk]
+        assert [(e.event, e.json()["id"]) for e in received(stream)] == [("alarm", alarm.pk)]
 
 
 def test_a_request_line_of_20_kib_is_refused(server: Server) -> None:
@@ -180,7 +160,7 @@ def test_garbage_last_event_id_falls_back_to_a_snapshot(
     else:
         stream = open_stream(server, cookie, query=f"?last_event_id={quote(bad)}")
     with stream:
-        assert [e.json()["id"] for e in stream.drain(0.5)] == [alarm.pk]
+        assert [(e.event, e.json()["id"]) for e in received(stream)] == [("alarm", alarm.pk)]
 
 
 # -- languages ------------------------------------------------------------------------------
@@ -286,31 +266,19 @@ def test_another_users_alarms_never_reach_a_stream_not_even_by_id(
         )
         alice_gets("alarm", expiring.pk)
         alice_gets("retract", expiring.pk)
-        marker = api.send_alarm(en("Marker"))
+        marker = send_marker()
         assert alices.next_event(10).json()["id"] == marker.pk
-        assert [e.json()["id"] for e in bobs.drain(0.7)] == [marker.pk]
+        # Nothing of it came to bob before the marker.
+        assert bobs.next_event(10).json()["id"] == marker.pk
 
     # Resuming from before all of it replays the marker, and nothing of alice's.
     with open_stream(server, session_cookie(bob), **{"Last-Event-ID": resume_from}) as resumed:
-        got = resumed.drain(0.7)
+        got = received(resumed)
     assert [(e.event, e.json()["id"]) for e in got] == [("alarm", marker.pk)]
     assert not any("alice" in e.data or "night" in e.data for e in got)
 
 
 # -- alarm text -----------------------------------------------------------------------------------
-
-
-SCRIPT_TITLE = '<script>alert("t")</script>\x07\x1b[31m&amp;\u202e"\'>'
-HOSTILE_CORE = (
-    "<img src=x onerror=alert(1)></p>&lt;b&gt;"
-    "a\r\nb\rc\nd\u2028e\u2029f\x01\x08\x0b\x0c\x1b\x1f\x7f\x85g"
-    "data: forged\n\nevent: retract\nid: 1-1\n\n:comment\r\nretry: 1\n"
-)
-
-
-def hostile_message(length: int = 10_000) -> str:
-    body = (HOSTILE_CORE * (length // len(HOSTILE_CORE) + 1))[: length - 2]
-    return f"[{body}]"
 
 
 def test_hostile_text_reads_back_exactly_through_a_conforming_parser(
@@ -330,7 +298,7 @@ def test_hostile_text_reads_back_exactly_through_a_conforming_parser(
         alarm = api.send_alarm(texts)
         en_event, ar_event = english.next_event(10), ar.next_event(10)
         # Nothing forged by the text: one event each, and the stream goes on.
-        assert english.drain(0.3) == [] and ar.drain(0.3) == []
+        assert before_marker(english, ar) == [[], []]
         assert english.parser.retry == ar.parser.retry == 2000
 
     stored = {t.language_code: (t.title, t.message) for t in alarm.translations.all()}
@@ -347,7 +315,7 @@ def test_hostile_text_reads_back_exactly_through_a_conforming_parser(
 
 
 def test_too_many_streams_from_one_user_close_the_oldest(
-    server_factory: Callable[..., Server],
+    server_factory: ServerFactory,
     make_user: Callable[..., Any],
     session_cookie: Callable[[Any], tuple[str, str]],
 ) -> None:
@@ -357,8 +325,7 @@ def test_too_many_streams_from_one_user_close_the_oldest(
     streams = [open_stream(server, cookie) for _ in range(6)]
     try:
         for stream in streams[:4]:
-            with pytest.raises(EOFError):
-                stream.drain(15)
+            assert stream.ends(15) == []
             assert "closed: replaced" in stream.parser.comments
             # Told to stay away long, or two tabs over the cap would keep evicting each other.
             assert stream.parser.retry is not None and stream.parser.retry >= 30_000

@@ -12,8 +12,8 @@ from django.utils import timezone
 
 from alarms import api
 from alarms.models import AlarmReceipt
-from tests.e2e.conftest import Server, csrf_cookie, http_request
-from tests.e2e.test_stream import en, open_stream
+from tests.e2e.conftest import Server, csrf_cookie, http_request, open_stream
+from tests.helpers import en
 
 pytestmark = pytest.mark.e2e
 
@@ -60,7 +60,7 @@ def test_dismiss_takes_only_live_alarms_of_the_user_and_reaches_their_other_stre
             assert (event.event, event.json()["id"]) == ("alarm", live.pk)
         # Posted while it is still scheduled: a toast racing its schedule, not a
         # dismissal in advance.
-        soon = api.send_alarm(en("Soon"), publish_at=timezone.now() + timedelta(seconds=5))
+        soon = api.send_alarm(en("Soon"), publish_at=timezone.now() + timedelta(seconds=3))
 
         assert page.dismiss(soon.pk, bobs.pk) == {"updated": 0}
         assert timezone.now() < soon.publish_at, "the machine was too slow to post in time"

@@ -1,7 +1,8 @@
 """Resuming with Last-Event-ID: bounded work, and nothing revealed.
 
-The replay's events come in the stream's first bytes, so reading until the
-stream is quiet for a moment reads all of them.
+A resume's replay comes in the stream's opening; what the server's broker had
+not read of the journal then comes live after it. A marker sent once the stream
+is open ends what the test reads (``received``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from django.utils import timezone
 
 from alarms import api
 from alarms.models import Alarm, AlarmChange
-from tests.e2e.test_stream import en, metric, open_stream, wait_for
+from tests.e2e.conftest import metric, open_stream, received
+from tests.helpers import en, until, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -27,7 +29,7 @@ TOKEN = "t0ken"
 
 def resumed(server, last_id: str, cookie=None) -> list[tuple[str, int]]:
     with open_stream(server, cookie, **{"Last-Event-ID": last_id}) as stream:
-        return [(e.event, e.json()["id"]) for e in stream.drain(0.7)]
+        return [(e.event, e.json()["id"]) for e in received(stream)]
 
 
 def test_a_forged_old_id_costs_a_snapshot_not_the_whole_journal(server_factory, settings):
@@ -90,7 +92,8 @@ def test_the_clients_time_is_floored_at_the_journals_retention(server_factory):
     assert resumed(server, f"{seq}-0") == [("alarm", live.pk)]  # no retract of "Old"
 
 
-def test_an_alarm_that_expired_while_away_is_retracted_at_the_head(server):
+def test_an_alarm_that_expired_while_away_is_retracted_at_the_head(server_factory):
+    server = server_factory(METRICS_TOKEN=TOKEN)
     soon = timezone.now() + timedelta(seconds=2)
     brief = api.send_alarm(en("Brief"), audience="everyone", expires_at=soon)
     live = api.send_alarm(en("Live"), audience="everyone")
@@ -101,8 +104,10 @@ def test_an_alarm_that_expired_while_away_is_retracted_at_the_head(server):
     # where the broker reads no journal, and must still find the expiry.
     head = AlarmChange.objects.order_by("-pk").values_list("pk", flat=True).first()
     assert last_id.partition("-")[0] == str(head)
-    while timezone.now() <= soon:
-        time.sleep(0.05)
+    # Once the server's broker let it go (its clock passed the expiry), so the
+    # retract can only come from the resume.
+    wait_for(lambda: metric(server, "alarms_alarms_current", TOKEN) == 1)
+    assert timezone.now() > soon
     assert resumed(server, last_id) == [("retract", brief.pk)]
 
 
@@ -122,10 +127,15 @@ def test_a_connect_flood_does_not_hold_back_delivery(server_factory):
             "Accept: text/event-stream\r\n\r\n"
         ).encode()
 
+        sent = 0
+
         async def connect() -> bool:
+            nonlocal sent
             r, w = await asyncio.open_connection("127.0.0.1", server.port)
             try:
                 w.write(request)
+                await w.drain()
+                sent += 1
                 head = await r.readuntil(b"\r\n\r\n")
                 await r.readuntil(b": alarms\n\n")  # the opening: the connect is done
                 return head.startswith(b"HTTP/1.1 200")
@@ -148,7 +158,7 @@ def test_a_connect_flood_does_not_hold_back_delivery(server_factory):
 
         async def flood() -> tuple[list[bool], list[float]]:
             connects = [asyncio.create_task(connect()) for _ in range(FLOOD)]
-            await asyncio.sleep(0.2)  # the connects are queued at the server
+            await until(lambda: sent == FLOOD, within=30)  # every request is at the server
             during = [await asyncio.to_thread(delivery_from_a_thread) for _ in range(3)]
             return list(await asyncio.gather(*connects)), during
 
