@@ -136,7 +136,7 @@ STORAGES = {
         "BACKEND": (
             "django.contrib.staticfiles.storage.StaticFilesStorage"
             if DEBUG
-            else "whitenoise.storage.CompressedManifestStaticFilesStorage"
+            else "alarms.storage.CompressedManifestStaticFilesStorage"
         )
     },
 }

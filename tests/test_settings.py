@@ -118,7 +118,7 @@ def test_production_settings() -> None:
 
     assert config["debug"] is False
     assert config["hosts"] == ["a.example.com", "b.example.com"]
-    assert config["static"] == "whitenoise.storage.CompressedManifestStaticFilesStorage"
+    assert config["static"] == "alarms.storage.CompressedManifestStaticFilesStorage"
 
 
 def test_site_language_and_serving() -> None:

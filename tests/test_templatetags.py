@@ -60,7 +60,9 @@ def test_toasts_html_configures_the_script_by_data_attributes():
     tags = Tags(build())
     script = tags.first("script")
     assert script["src"] == "/static/alarms/alarms.js"
-    assert "defer" in script
+    # A module script: deferred by itself, and able to import the client's modules.
+    assert script["type"] == "module"
+    assert "defer" not in script
     assert script["data-stream-url"] == "/alarms/stream/"
     assert script["data-seen-url"] == "/alarms/seen/"
     assert script["data-dismiss-url"] == "/alarms/dismiss/"

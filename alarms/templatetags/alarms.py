@@ -51,7 +51,7 @@ def plural_rule() -> tuple[str, int, Callable[[int], int]]:
 
     The client picks a plural form with the same rule Django's ngettext uses
     on the server, for any count: the catalogue's own expression, which
-    alarms.js evaluates (JavaScriptCatalog sends it as code; this app sends
+    the client evaluates (JavaScriptCatalog sends it as code; this app sends
     data, for a strict CSP). Read from the translation Django uses for the
     language (GNUTranslations.info()); without I18N, Django's ngettext is
     English's.
@@ -140,11 +140,11 @@ def toasts_html(
     max_visible: int = 3,
     nonce: str | None = None,
 ) -> SafeString:
-    """The stylesheet, the (empty) toast region and the deferred, data-configured script."""
+    """The stylesheet, the (empty) toast region and the data-configured module script."""
     return format_html(
         '<link rel="stylesheet" href="{css}"{nonce}>'
         '<div class="alarms-region" id="{region}" aria-label="{region_label}"></div>'
-        '<script src="{js}" defer{nonce}'
+        '<script type="module" src="{js}"{nonce}'
         ' data-stream-url="{stream}" data-seen-url="{seen}" data-dismiss-url="{dismiss}"'
         ' data-payloads-url="{payloads}"'
         ' data-csrf-token="{csrf}" data-csrf-cookie="{csrf_cookie}" data-language="{lang}"'

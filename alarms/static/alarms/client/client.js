@@ -1,0 +1,384 @@
+import { Badges, markItems } from "./badge.js";
+import { readConfig } from "./config.js";
+import { parseJSON, warnOnce } from "./log.js";
+import { isCrossOrigin } from "./net.js";
+import { Outbox } from "./outbox.js";
+import { IdSet, Store, TabStore } from "./storage.js";
+import { Stream } from "./stream.js";
+import { Channel, TAB, elect } from "./tabs.js";
+import { Toasts } from "./toasts.js";
+import { Words } from "./words.js";
+
+const LEVELS = ["info", "success", "warning", "error", "critical"];
+const SEEN_DELAY = 800;
+const BATCH = 200;
+
+function emit(name, detail, cancelable) {
+  const event = new CustomEvent(name, { detail: detail, cancelable: !!cancelable });
+  return document.dispatchEvent(event);
+}
+
+function validPayload(data) {
+  return (
+    data &&
+    typeof data === "object" &&
+    typeof data.id === "number" &&
+    isFinite(data.id) &&
+    LEVELS.indexOf(data.level) !== -1
+  );
+}
+
+// The client of one page: what it knows and shows, and the parts it drives.
+// Events come from the stream when this tab leads, else relayed by the
+// leader over the channel; both go through handle().
+class Client {
+  constructor(config) {
+    this.config = config;
+    this.store = new Store(config.prefix);
+    this.tabStore = new TabStore(config.prefix);
+    this.seenIds = new IdSet(this.store, "seen");
+    this.dismissedIds = new IdSet(this.store, "dismissed");
+    this.seenOutbox = new Outbox(config, config.seenUrl);
+    this.dismissOutbox = new Outbox(config, config.dismissUrl);
+    this.words = new Words(config.labels, config.pluralRule);
+    this.badges = new Badges();
+    this.toasts = new Toasts(config, this.words, this.tabStore, (id) => this.dismissByUser(id));
+    this.stream = new Stream(config.streamUrl, (name, text) => this.onStreamEvent(name, text));
+    this.known = new Map(); // id -> payload of alarms live for this user
+    this.leader = false;
+    // The language alarm texts are shown in on this page: the page's own at
+    // first, then the one the user switched to in any tab (the page's words
+    // stay in the page's language until it reloads).
+    this.alarmLanguage = config.language;
+    this.pending = new Map(); // id -> refresh generation, for payloads asked for again
+    this.generation = 0;
+    this.channel = null;
+    this.election = null;
+  }
+
+  // -- receiving events (from the stream, or relayed by the leader) ----------
+
+  // Seen elsewhere (another page or tab of this browser): not toasted again,
+  // except critical alarms, which come back until dismissed.
+  isFresh(data) {
+    return data.level === "critical" || !this.seenIds.has(data.id);
+  }
+
+  handle(name, data, fresh) {
+    if (!data || typeof data.id !== "number") {
+      return;
+    }
+    const id = data.id;
+    if (name === "alarm") {
+      if (!validPayload(data) || this.dismissedIds.has(id)) {
+        return;
+      }
+      const update = this.known.has(id) || this.toasts.has(id);
+      this.known.set(id, data);
+      this.badges.add(id);
+      const wanted = emit("alarms:received", { alarm: data, update: update }, true);
+      if (this.toasts.has(id)) {
+        this.toasts.update(data);
+      } else if (wanted && fresh && !this.toasts.shownHere.has(id)) {
+        this.toasts.show(data);
+        this.seenIds.local.add(id); // the leader stores and reports it
+      }
+    } else if (name === "retract") {
+      this.forget(id);
+      emit("alarms:retracted", { id: id });
+    } else if (name === "dismiss") {
+      this.dismissedIds.add(id);
+      const present = this.known.has(id) || this.toasts.has(id);
+      this.forget(id);
+      if (present) {
+        emit("alarms:dismissed", { id: id, source: "elsewhere" });
+      }
+    }
+  }
+
+  forget(id) {
+    this.pending.delete(id); // an answer on its way must not bring it back
+    this.known.delete(id);
+    this.badges.remove(id);
+    markItems(id);
+    this.toasts.close(id);
+  }
+
+  onStreamEvent(name, text) {
+    const data = parseJSON(text, null, "an event of the stream");
+    if (!data || typeof data.id !== "number") {
+      return;
+    }
+    const fresh = name === "alarm" ? this.isFresh(data) : false;
+    const firstTime = fresh && !this.seenIds.has(data.id) && !this.dismissedIds.has(data.id);
+    this.handle(name, data, fresh);
+    if (firstTime) {
+      // Only the leader records "seen": localStorage reaches other tabs later
+      // than BroadcastChannel does, so they could not tell it was done.
+      this.seenIds.add(data.id);
+      if (this.config.authenticated) {
+        this.seenOutbox.add(data.id, SEEN_DELAY);
+      }
+    }
+    this.channel.post({
+      type: "event",
+      name: name,
+      data: data,
+      fresh: fresh,
+      lastEventId: this.stream.lastEventId
+    });
+  }
+
+  onChannelMessage(message) {
+    if (!message || typeof message !== "object") {
+      return;
+    }
+    switch (message.type) {
+      case "event":
+        if (message.lastEventId) {
+          this.stream.lastEventId = message.lastEventId;
+        }
+        this.handle(message.name, message.data, !!message.fresh);
+        break;
+      case "dismiss":
+        if (typeof message.id === "number") {
+          const had = this.known.has(message.id) || this.toasts.has(message.id);
+          this.dismissedIds.add(message.id);
+          this.forget(message.id);
+          if (had) {
+            emit("alarms:dismissed", { id: message.id, source: "tab" });
+          }
+        }
+        break;
+      case "hello":
+        if (this.leader) {
+          this.greet(message);
+        }
+        this.follow(message.language);
+        break;
+      case "sync":
+        if (message.to === TAB) {
+          if (message.lastEventId && !this.stream.lastEventId) {
+            this.stream.lastEventId = message.lastEventId;
+          }
+          for (const data of message.alarms || []) {
+            // Only what this page lacks: the leader's copy may be older than
+            // what the stream or the server has given this page meanwhile.
+            if (data && !this.toasts.has(data.id) && !this.pending.has(data.id)) {
+              this.handle("alarm", data, true);
+            }
+          }
+        }
+        break;
+      default:
+        break;
+    }
+  }
+
+  // A new page said hello: give it what it should show, and follow its
+  // language (the newest page speaks the language the user chose last).
+  greet(message) {
+    const switching = !!message.language && message.language !== this.stream.language;
+    const critical = [];
+    for (const data of this.known.values()) {
+      if (data.level === "critical" && !this.dismissedIds.has(data.id)) {
+        critical.push(data);
+      }
+    }
+    // After a switch the leader's copies are in the old language: the
+    // reopened stream sends the critical alarms again, in the new one.
+    this.channel.post({
+      type: "sync",
+      to: message.tab,
+      alarms: switching ? [] : critical,
+      lastEventId: this.stream.lastEventId
+    });
+    if (switching) {
+      this.stream.language = message.language;
+      // A fresh connect (no last id): the server re-sends what is still live,
+      // in the new language, and toasts on screen are updated in place.
+      this.stream.open(false);
+    }
+  }
+
+  // -- the same alarms in another language -------------------------------------
+
+  // The user chose another language in some tab (its new page said hello):
+  // show what this page shows in that language.
+  follow(language) {
+    if (!language || language === this.alarmLanguage) {
+      return;
+    }
+    this.alarmLanguage = language;
+    this.refresh(this.toasts.ids(), false);
+  }
+
+  // Asks the server for the payloads of `ids` in this page's alarm language.
+  // Each page asks for what it shows itself: the stream cannot tell, since its
+  // snapshot leaves out the non-critical alarms the user has seen, and no other
+  // tab knows what this one shows. An alarm on screen is redrawn in place;
+  // with `restore`, one the page before this in the tab showed is shown again.
+  refresh(ids, restore) {
+    ids = ids.filter((id) => typeof id === "number" && isFinite(id) && !this.dismissedIds.has(id));
+    if (!ids.length || !this.config.payloadsUrl || !window.fetch) {
+      return;
+    }
+    this.generation += 1;
+    const mine = this.generation;
+    const language = this.alarmLanguage;
+    for (const id of ids) {
+      this.pending.set(id, mine);
+    }
+    for (let i = 0; i < ids.length; i += BATCH) {
+      this.applyPayloads(ids.slice(i, i + BATCH), ids, language, mine, restore);
+    }
+  }
+
+  applyPayloads(batch, order, language, mine, restore) {
+    const url = new URL(this.config.payloadsUrl, window.location.href);
+    url.searchParams.set("ids", batch.join(","));
+    url.searchParams.set("lang", language);
+    const cross = isCrossOrigin(url.href);
+    window
+      .fetch(url.toString(), {
+        mode: cross ? "cors" : "same-origin",
+        credentials: cross ? "include" : "same-origin"
+      })
+      .then((response) => {
+        if (response.ok) {
+          return response.json();
+        }
+        warnOnce("payloads", "the alarms' texts could not be loaded: " + response.status);
+        return null;
+      })
+      .catch((error) => {
+        // These stay in the language they were in.
+        warnOnce("payloads", "the alarms' texts could not be loaded", error);
+        return null;
+      })
+      .then((body) => {
+        const list = body && Array.isArray(body.alarms) ? body.alarms.filter(validPayload) : [];
+        // Oldest first, as they were shown, so that the newest ends on top.
+        list.sort((a, b) => order.indexOf(a.id) - order.indexOf(b.id));
+        for (const data of list) {
+          // Dropped meanwhile (dismissed, retracted) or asked for again since.
+          if (this.pending.get(data.id) === mine && language === this.alarmLanguage) {
+            this.handle("alarm", data, restore);
+          }
+        }
+        for (const id of batch) {
+          if (this.pending.get(id) === mine) {
+            this.pending.delete(id);
+          }
+        }
+      });
+  }
+
+  // -- leading: the stream ------------------------------------------------------
+
+  lead() {
+    this.leader = true;
+    this.stream.language = this.store.get("language", "") || this.config.language;
+    this.follow(this.stream.language);
+    this.stream.start();
+  }
+
+  stepDown() {
+    this.leader = false;
+    this.stream.stop();
+  }
+
+  dismissByUser(id) {
+    this.dismissedIds.add(id);
+    this.forget(id);
+    this.channel.post({ type: "dismiss", id: id });
+    if (this.config.authenticated) {
+      this.dismissOutbox.add(id, 0);
+    }
+    emit("alarms:dismissed", { id: id, source: "user" });
+  }
+
+  // -- lifecycle ----------------------------------------------------------------
+
+  start() {
+    if (this.channel) {
+      return;
+    }
+    const prefix = this.config.prefix;
+    this.channel = new Channel(prefix + "channel", (message) => this.onChannelMessage(message));
+    this.store.set("language", this.config.language);
+    this.election = elect(
+      prefix + "leader",
+      () => this.lead(),
+      () => this.stepDown()
+    );
+    this.channel.post({ type: "hello", tab: TAB, language: this.config.language });
+  }
+
+  stop() {
+    this.seenOutbox.flush(true);
+    this.dismissOutbox.flush(true);
+    this.stepDown();
+    if (this.election) {
+      this.election.stop();
+      this.election = null;
+    }
+    if (this.channel) {
+      this.channel.close();
+      this.channel = null;
+    }
+  }
+
+  init() {
+    // The language this user's pages spoke until now (start() sets this page's).
+    const previous = this.store.get("language", "");
+    this.toasts.ensureRegion();
+    this.badges.init(this.dismissedIds);
+    this.start();
+    if (previous && previous !== this.config.language) {
+      // This page replaces one of this tab in another language (the language
+      // form reloads the page): show again what that page showed, in this
+      // page's language, seen or not.
+      this.refresh(this.tabStore.get(), true);
+    }
+  }
+
+  // window.alarms: see docs/client.md.
+  api() {
+    return {
+      version: "1",
+      dismiss: (id) => this.dismissByUser(Number(id)),
+      state: () => ({
+        leader: this.leader,
+        streaming: this.stream.streaming,
+        language: this.leader ? this.stream.language : this.alarmLanguage,
+        lastEventId: this.stream.lastEventId,
+        shown: this.toasts.ids()
+      })
+    };
+  }
+}
+
+// Starts the client of this page from its configuration (the data-* attributes
+// of the alarms script tag); once per page.
+export function start(dataset) {
+  const config = readConfig(dataset);
+  if (!config || window.alarms) {
+    return;
+  }
+  const client = new Client(config);
+  document.addEventListener("visibilitychange", () => client.toasts.layout());
+  window.addEventListener("pagehide", () => client.stop());
+  window.addEventListener("pageshow", (e) => {
+    if (e.persisted) {
+      client.start(); // back from the back/forward cache
+    }
+  });
+  window.addEventListener("online", () => client.stream.online());
+  window.alarms = client.api();
+  if (document.readyState === "loading") {
+    document.addEventListener("DOMContentLoaded", () => client.init());
+  } else {
+    client.init();
+  }
+}
