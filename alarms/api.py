@@ -21,6 +21,7 @@ from django.utils import timezone
 from alarms import journal, storm
 from alarms.models import Alarm, AlarmReceipt, AlarmTranslation, Audience, Level
 from alarms.rules import MAX_MESSAGE, MAX_TITLE, MAX_URL
+from alarms.translation import default_language
 from alarms.validators import is_safe_link, validate_storable_text
 
 __all__ = ["dismiss", "mark_seen", "send_alarm", "withdraw"]
@@ -140,10 +141,9 @@ def _clean_translations(
             except ValidationError as exc:
                 raise ValueError(f"The {lang!r} {part}: {exc.messages[0]}") from None
         cleaned[lang] = {"title": title, "message": message}
-    if settings.LANGUAGE_CODE not in cleaned:
-        raise ValueError(
-            f"A translation in the default language {settings.LANGUAGE_CODE!r} is required."
-        )
+    default = default_language()
+    if default not in cleaned:
+        raise ValueError(f"A translation in the default language {default!r} is required.")
     return cleaned
 
 

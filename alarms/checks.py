@@ -11,6 +11,7 @@ from django.template.backends.django import DjangoTemplates
 from django.utils.module_loading import import_string
 
 from alarms.conf import get_config
+from alarms.translation import default_language
 
 
 @register(Tags.compatibility)
@@ -20,10 +21,11 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
 
     messages: list[Any] = []
     codes = [code for code, _name in settings.LANGUAGES]
-    if settings.LANGUAGE_CODE not in codes:
+    if default_language() not in codes:
         messages.append(
             Error(
-                f"LANGUAGE_CODE {settings.LANGUAGE_CODE!r} is not in LANGUAGES.",
+                f"LANGUAGE_CODE {settings.LANGUAGE_CODE!r} is not in LANGUAGES (nor is a "
+                "variant Django would serve for it).",
                 hint="Alarms need a translation in LANGUAGE_CODE as the last fallback; "
                 "add it to LANGUAGES.",
                 id="alarms.E001",

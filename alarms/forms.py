@@ -12,6 +12,7 @@ from django.utils.translation import gettext_lazy as _
 
 from alarms import storm
 from alarms.models import Alarm, Audience
+from alarms.translation import default_language
 
 
 def language_name(code: str) -> str:
@@ -143,7 +144,7 @@ class AlarmTranslationFormSet(BaseInlineFormSet):
             )
             for code in duplicates
         ]
-        if settings.LANGUAGE_CODE not in seen:
+        if default_language() not in seen:
             errors.append(
                 ValidationError(
                     _(
@@ -151,7 +152,7 @@ class AlarmTranslationFormSet(BaseInlineFormSet):
                         "required: readers without their own language get it."
                     ),
                     code="default_language_missing",
-                    params={"language": language_name(settings.LANGUAGE_CODE)},
+                    params={"language": language_name(default_language())},
                 )
             )
         if errors:

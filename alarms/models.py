@@ -10,7 +10,7 @@ from django.utils.translation import gettext_lazy as _
 
 from alarms import journal, rules
 from alarms.querysets import AlarmQuerySet, AlarmTranslationQuerySet
-from alarms.translation import language_choices
+from alarms.translation import default_language, language_choices
 from alarms.validators import validate_link, validate_storable_text
 
 
@@ -128,8 +128,9 @@ class Alarm(models.Model):
         if self.pk is None:
             return None
         translations = list(self.translations.all())
+        default = default_language()
         for t in translations:
-            if t.language_code == settings.LANGUAGE_CODE:
+            if t.language_code == default:
                 return t
         return translations[0] if translations else None
 

@@ -71,12 +71,21 @@ def choose_language(wanted: str | None, available: Iterable[str]) -> str | None:
         generic = variant.split("-")[0]
         if generic in codes:
             return generic
-    default = settings.LANGUAGE_CODE.lower()
+    default = default_language().lower()
     if default in codes:
         return default
     if default.split("-")[0] in codes:
         return default.split("-")[0]
     return codes[0]
+
+
+def default_language() -> str:
+    """The site's default language, as a code of ``LANGUAGES``: ``LANGUAGE_CODE``, or
+    the variant Django serves for it (``startproject``'s ``en-us`` -> ``en``).
+
+    Every alarm needs a translation in it; it is every reader's last fallback.
+    """
+    return supported_language(settings.LANGUAGE_CODE) or settings.LANGUAGE_CODE
 
 
 def direction(code: str) -> str:

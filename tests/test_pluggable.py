@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from django.test import override_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -137,11 +138,6 @@ def test_the_runner_does_catch_a_psycopg_import(database: Path) -> None:
     assert "psycopg imported: ['psycopg']" in result.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="alarms.E001 refuses startproject's LANGUAGE_CODE 'en-us', which Django "
-    "serves as the supported variant 'en' of its default LANGUAGES",
-)
 def test_startproject_language_code_passes_the_checks(database: Path, tmp_path: Path) -> None:
     (tmp_path / "en_us_settings.py").write_text(
         "from tests.minimal_settings import *\nLANGUAGE_CODE = 'en-us'\n"
@@ -153,3 +149,18 @@ def test_startproject_language_code_passes_the_checks(database: Path, tmp_path: 
 
     assert "alarms.E001" not in result.stderr
     assert result.returncode == 0, result.stderr
+
+
+@override_settings(LANGUAGE_CODE="en-us")
+def test_startproject_language_code_is_served_as_its_variant(db: None) -> None:
+    """With ``LANGUAGE_CODE = "en-us"`` and Django's ``LANGUAGES`` (``en``, no ``en-us``),
+    the default language every alarm needs, and every reader falls back to, is ``en``."""
+    from alarms import api
+    from alarms.translation import choose_language, default_language
+
+    assert default_language() == "en"
+    alarm = api.send_alarm({"en": {"title": "Hello", "message": "World"}})
+    assert alarm.default_translation().language_code == "en"
+    assert choose_language("ko", ["ar", "en"]) == "en"
+    with pytest.raises(ValueError, match="default language 'en'"):
+        api.send_alarm({"ar": {"title": "t", "message": "m"}})

@@ -9,7 +9,6 @@ import sys
 import time
 from collections.abc import AsyncIterator
 
-from django.conf import settings
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.utils import translation
 from django.views.decorators.cache import never_cache
@@ -21,7 +20,7 @@ from alarms.broker import get_broker
 from alarms.broker.base import BaseBroker
 from alarms.broker.connect import connect
 from alarms.broker.subscribers import AddressFull, BrokerFull, Subscriber
-from alarms.translation import supported_language
+from alarms.translation import default_language, supported_language
 
 logger = logging.getLogger("alarms.stream")
 _warned_no_flow_control = False
@@ -123,7 +122,7 @@ def stream_language(request: HttpRequest) -> str:
     if override:
         return override
     active = translation.get_language() or ""
-    return supported_language(active) or settings.LANGUAGE_CODE
+    return supported_language(active) or default_language()
 
 
 async def _events(
