@@ -11,55 +11,9 @@ from django.urls import reverse
 
 from alarms.models import Alarm, AlarmChange, AlarmReceipt, AlarmTranslation, Audience, Level
 from tests.factories import TEXT, ago, ahead, make_alarm, make_user
+from tests.helpers import ADD_URL, LIST_URL, change_url, form_data
 
 pytestmark = pytest.mark.django_db
-
-ADD_URL = reverse("admin:alarms_alarm_add")
-LIST_URL = reverse("admin:alarms_alarm_changelist")
-
-
-def change_url(alarm: Alarm) -> str:
-    return reverse("admin:alarms_alarm_change", args=(alarm.pk,))
-
-
-def form_data(
-    translations: list[tuple[str, str, str]] | None = None,
-    *,
-    alarm: Alarm | None = None,
-    **fields: Any,
-) -> dict[str, Any]:
-    """The POST of the change form: alarm fields plus the translations inline formset."""
-    if translations is None:
-        translations = [(code, *TEXT[code]) for code in ("en", "ko", "ja")]
-    data: dict[str, Any] = {
-        "level": Level.WARNING,
-        "audience": Audience.AUTHENTICATED,
-        "url": "",
-        "publish_at_0": "2030-01-01",
-        "publish_at_1": "09:00:00",
-        "expires_at_0": "",
-        "expires_at_1": "",
-    }
-    data.update(fields)
-    existing = list(alarm.translations.order_by("pk")) if alarm else []
-    rows = [(t.pk, t.language_code, t.title, t.message) for t in existing]
-    rows += [(None, *row) for row in translations]
-    data.update(
-        {
-            "translations-TOTAL_FORMS": str(len(rows)),
-            "translations-INITIAL_FORMS": str(len(existing)),
-            "translations-MIN_NUM_FORMS": "0",
-            "translations-MAX_NUM_FORMS": "4",
-        }
-    )
-    for i, (pk, code, title, message) in enumerate(rows):
-        data[f"translations-{i}-id"] = pk or ""
-        data[f"translations-{i}-alarm"] = alarm.pk if alarm else ""
-        data[f"translations-{i}-language_code"] = code
-        data[f"translations-{i}-title"] = title
-        data[f"translations-{i}-message"] = message
-    return data
-
 
 # -- add ----------------------------------------------------------------------
 

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 from django.test import Client
-from django.urls import reverse
 
 from alarms import api
 from tests.factories import TEXT, make_user
+from tests.helpers import ADD_URL, change_url
 
 pytestmark = pytest.mark.django_db
 
@@ -65,12 +65,12 @@ def assert_text_inputs_read_either_way(page: Any) -> None:
 
 
 def test_add_page(staff_client: Client) -> None:
-    assert_text_inputs_read_either_way(staff_client.get(reverse("admin:alarms_alarm_add")))
+    assert_text_inputs_read_either_way(staff_client.get(ADD_URL))
 
 
 def test_change_page(staff_client: Client) -> None:
     alarm = api.send_alarm(
         {code: {"title": title, "message": message} for code, (title, message) in TEXT.items()}
     )
-    page = staff_client.get(reverse("admin:alarms_alarm_change", args=(alarm.pk,)))
+    page = staff_client.get(change_url(alarm))
     assert_text_inputs_read_either_way(page)

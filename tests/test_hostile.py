@@ -21,7 +21,7 @@ from alarms.models import Alarm, AlarmChange, AlarmReceipt, AlarmTranslation, Au
 from alarms.translation import supported_language
 from alarms.validators import is_safe_link, validate_link
 from tests.factories import ago, make_alarm, make_user
-from tests.helpers import ADD_URL, SCRIPT_TITLE, form_data, hostile_message
+from tests.helpers import ADD_URL, SCRIPT_TITLE, change_url, form_data, hostile_message
 
 pytestmark = pytest.mark.django_db
 
@@ -284,7 +284,7 @@ def test_admin_preview_escapes_hostile_text(admin_client: Client) -> None:
         alarm=alarm, language_code="en", title=SCRIPT_TITLE, message=hostile_message(500)
     )
 
-    response = admin_client.get(reverse("admin:alarms_alarm_change", args=(alarm.pk,)))
+    response = admin_client.get(change_url(alarm))
 
     html = response.content.decode()
     assert response.status_code == 200

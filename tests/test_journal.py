@@ -19,7 +19,7 @@ from django.urls import reverse
 from alarms import api
 from alarms.models import Alarm, AlarmChange, AlarmTranslation, Audience
 from tests.factories import ago, make_alarm, make_user
-from tests.test_admin import ADD_URL, LIST_URL, change_url, form_data
+from tests.helpers import ADD_URL, LIST_URL, change_url, form_data
 
 pytestmark = pytest.mark.django_db
 

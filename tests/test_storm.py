@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from datetime import datetime, timedelta
 from html import unescape
 from io import StringIO
@@ -16,20 +15,16 @@ from django.db import connection, transaction
 from django.test import Client, override_settings
 from django.utils import timezone
 
-from alarms import api
+from alarms import api, journal
 from alarms.models import Alarm, Audience
 from alarms.storm import StormLimitExceeded, sent_in_window
 from tests.factories import make_alarm, make_user
-from tests.test_admin import ADD_URL, change_url, form_data
+from tests.helpers import ADD_URL, advisory_lock_waiters, change_url, en, form_data, wait_for
 
 
 def admin_at() -> datetime:
     """When the admin's form_data() publishes."""
     return timezone.make_aware(datetime(2030, 1, 1, 9, 0))
-
-
-def en(title: str = "Storm") -> dict[str, dict[str, str]]:
-    return {"en": {"title": title, "message": "m"}}
 
 
 def sent_at(at: datetime, **fields: Any) -> Alarm:
@@ -135,7 +130,7 @@ def test_next_time_skips_past_scheduled_alarms() -> None:
     for seconds in (0, 10, 70, 80):
         sent_at(at + timedelta(seconds=seconds))
     with limited(2), pytest.raises(StormLimitExceeded) as caught:
-        api.send_alarm(en(), publish_at=at + timedelta(seconds=20))
+        api.send_alarm(en("Storm"), publish_at=at + timedelta(seconds=20))
     # At +60 and +70 the first two have left, but a window with +70 and +80 is
     # full; at +130 the one at +70 has left too.
     assert caught.value.count == 2
@@ -179,16 +174,16 @@ def test_an_alarm_already_expired_reaches_nobody_and_is_not_checked() -> None:
 def test_selected_audiences_are_capped_apart() -> None:
     alice, bob = make_user("alice"), make_user("bob")
     with limited(1):
-        api.send_alarm(en(), users=[alice])
-        api.send_alarm(en(), users=[bob])
+        api.send_alarm(en("Storm"), users=[alice])
+        api.send_alarm(en("Storm"), users=[bob])
         with pytest.raises(StormLimitExceeded):
-            api.send_alarm(en(), users=[alice])
+            api.send_alarm(en("Storm"), users=[alice])
 
 
 @pytest.mark.django_db
 def test_a_limit_of_zero_refuses_everything_and_says_so() -> None:
     with limited(0), pytest.raises(StormLimitExceeded) as caught:
-        api.send_alarm(en())
+        api.send_alarm(en("Storm"))
     assert caught.value.next_at is None
     assert "With a limit of 0 no alarm may be sent." in str(caught.value)
 
@@ -300,18 +295,18 @@ def test_admin_publishing_a_draft_is_checked_but_a_draft_is_not(admin_client: Cl
 # -- concurrency -------------------------------------------------------------------
 
 
-def _lock_waiters() -> int:
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
-        return cursor.fetchone()[0]
-
-
 @pytest.mark.django_db(transaction=True)
 def test_two_simultaneous_sends_cannot_both_slip_under_the_limit() -> None:
     """A holds its transaction open after the check; B checks meanwhile and must wait."""
     a_checked, release_a = threading.Event(), threading.Event()
     results: dict[str, Any] = {}
-    b_started = threading.Event()
+    b_locking = threading.Event()
+
+    def signal_the_lock(execute: Any, sql: str, *args: Any) -> Any:
+        # The statement storm.check() serialises senders with: the one B waits at.
+        if "pg_advisory_xact_lock" in sql or "WHERE 0 = 1" in sql:
+            b_locking.set()
+        return execute(sql, *args)
 
     def sender(name: str, hold: bool) -> None:
         try:
@@ -321,12 +316,13 @@ def test_two_simultaneous_sends_cannot_both_slip_under_the_limit() -> None:
                     a_checked.set()
                     release_a.wait(20)
             else:
-                b_started.set()
-                api.send_alarm(en(name))
+                with connection.execute_wrapper(signal_the_lock):
+                    api.send_alarm(en(name))
             results[name] = "sent"
         except Exception as exc:
             results[name] = exc
             a_checked.set()
+            b_locking.set()
         finally:
             connection.close()
 
@@ -336,14 +332,18 @@ def test_two_simultaneous_sends_cannot_both_slip_under_the_limit() -> None:
         assert a_checked.wait(20)
         b = threading.Thread(target=sender, args=("B", False))
         b.start()
-        assert b_started.wait(20)
+        assert b_locking.wait(20), "B never reached the storm check's lock"
         if connection.vendor == "postgresql":
             # Let A go only once B is seen waiting for the lock.
-            deadline = time.monotonic() + 20
-            while _lock_waiters() == 0 and time.monotonic() < deadline:
-                time.sleep(0.02)
-        else:
-            time.sleep(0.3)  # give B the time to reach its check
+            wait_for(
+                lambda: advisory_lock_waiters(journal.ADVISORY_LOCK_KEY),
+                20,
+                "B waiting for the journal's lock",
+            )
+        # On SQLite nothing shows a connection waiting for the write lock (no
+        # pg_locks, and Python's sqlite3 has no busy handler to hook), so the
+        # signal is B issuing its locking statement, which then waits for A's
+        # commit. Were A to commit first, B would still count A's alarm.
         release_a.set()
         a.join(30)
         b.join(30)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +10,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+
+from tests.helpers import wait_for
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -151,6 +152,11 @@ def contexts(browser: Any) -> Iterator[Callable[..., User]]:
         context.close()
 
 
+def signed_in(make: Any, server: Any, session_cookie: Any, user: Any, **options: Any) -> User:
+    """A browser context of ``make`` (the ``contexts`` fixture) signed in as ``user``."""
+    return make(server, cookie=session_cookie(user), **options)
+
+
 def toast(page: Any, alarm_id: int) -> Any:
     return page.locator(f'.alarms-toast[data-alarm-id="{alarm_id}"]')
 
@@ -165,13 +171,11 @@ def wait_ready(page: Any, *, leader: bool | None = None, timeout: float = 20_000
 
 def leader_of(pages: list[Any], timeout: float = 20.0) -> Any:
     """The one page among ``pages`` that leads with an open stream (waits for it)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for page in pages:
-            if page.evaluate(f"!!({LEADING})"):
-                return page
-        time.sleep(0.05)
-    raise AssertionError("no page holds an open alarm stream")
+
+    def leading() -> Any:
+        return next((page for page in pages if page.evaluate(f"!!({LEADING})")), None)
+
+    return wait_for(leading, timeout, "a page holding an open alarm stream")
 
 
 # -- Content-Security-Policy ----------------------------------------------------

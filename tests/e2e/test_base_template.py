@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import signal
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -13,7 +11,7 @@ import pytest
 from alarms import api
 from tests.e2e import browser as fixtures
 from tests.e2e.browser import toast, wait_ready
-from tests.e2e.conftest import Server
+from tests.e2e.conftest import ServerFactory
 
 pytestmark = pytest.mark.e2e
 
@@ -25,27 +23,8 @@ TEXTS = {
     "en": {"title": "Fire drill", "message": "Leave by the east stairs."},
     "ar": {"title": "تدريب على الحريق", "message": "غادروا عبر الدرج الشرقي."},
 }
-
-
-class BareServer(Server):
-    """A server of a project whose templates are the apps' only (tests.e2e.bare_settings)."""
-
-    def env(self) -> dict[str, str]:
-        return {**super().env(), "DJANGO_SETTINGS_MODULE": "tests.e2e.bare_settings"}
-
-
-@pytest.fixture
-def bare_factory(transactional_db: None) -> Iterator[Callable[..., Server]]:
-    started: list[Server] = []
-
-    def make(**alarms: Any) -> Server:
-        server = BareServer(alarms).start()
-        started.append(server)
-        return server
-
-    yield make
-    for server in started:
-        server.stop(signal.SIGKILL)
+# A project whose templates are the apps' only.
+BARE = "tests.e2e.bare_settings"
 
 
 def get(url: str, cookies: dict[str, str]) -> tuple[int, str]:
@@ -59,9 +38,9 @@ def get(url: str, cookies: dict[str, str]) -> tuple[int, str]:
 
 
 def test_the_centre_answers_without_a_base_html(
-    bare_factory: Callable[..., Server], session_cookie: Any, make_user: Any
+    server_factory: ServerFactory, session_cookie: Any, make_user: Any
 ) -> None:
-    server = bare_factory()
+    server = server_factory(settings=BARE)
     reader = make_user("bare")
     alarm = api.send_alarm(TEXTS, level="warning")
     name, value = session_cookie(reader)
@@ -74,16 +53,16 @@ def test_the_centre_answers_without_a_base_html(
     assert TEXTS["ar"]["title"] in html
     assert 'data-stream-url="/alarms/stream/"' in html
     # This project really has no base.html: naming it fails (alarms.E007 says so at start-up).
-    broken = bare_factory(BASE_TEMPLATE="base.html")
+    broken = server_factory(settings=BARE, BASE_TEMPLATE="base.html")
     status, _html = get(f"{broken.url}/alarms/", {name: value})
     assert status == 500
 
 
 @pytest.mark.browser
 def test_toasts_arrive_on_the_standalone_page(
-    bare_factory: Callable[..., Server], contexts: Any, session_cookie: Any, make_user: Any
+    server_factory: ServerFactory, contexts: Any, session_cookie: Any, make_user: Any
 ) -> None:
-    server = bare_factory()
+    server = server_factory(settings=BARE)
     reader = make_user("bare-browser")
     page = contexts(server, cookie=session_cookie(reader)).page("/alarms/")
     wait_ready(page, leader=True)

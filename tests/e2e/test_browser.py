@@ -19,7 +19,9 @@ from django.contrib.auth import get_user_model
 from alarms import api
 from alarms.models import Alarm, AlarmReceipt, AlarmTranslation
 from tests.e2e import browser as fixtures
-from tests.e2e.browser import leader_of, toast, wait_ready
+from tests.e2e.browser import leader_of, signed_in, toast, wait_ready
+from tests.e2e.conftest import metric
+from tests.helpers import receipt, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
@@ -48,38 +50,10 @@ def metered(server_factory: Any) -> Any:
     return server_factory(METRICS_TOKEN=METRICS_TOKEN)
 
 
-def streams_at(server: Any) -> int:
-    return int(server.metrics(METRICS_TOKEN)["alarms_streams_open"])
-
-
-def signed_in(make: Any, server: Any, session_cookie: Any, user: Any, **options: Any) -> Any:
-    return make(server, cookie=session_cookie(user), **options)
-
-
-def receipt(user: Any, alarm: Alarm) -> AlarmReceipt | None:
-    return AlarmReceipt.objects.filter(user=user, alarm=alarm).first()
-
-
 # How long a test waits for what should come live (ms): a bound against a hang,
 # not a speed claim (the machines are shared and busy; latency is measured in
 # bench/, never asserted here).
 LIVE = 15_000
-
-
-def wait_until(
-    predicate: Any, timeout: float = 15.0, interval: float = 0.05, page: Any = None
-) -> Any:
-    """Poll ``predicate``; with a ``page``, Playwright's events are dispatched meanwhile."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        if page is not None:
-            page.wait_for_timeout(interval * 1000)
-        else:
-            time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout}s")
 
 
 def with_auto_hide(page: Any, milliseconds: int) -> None:
@@ -222,10 +196,12 @@ def test_eight_tabs_share_one_stream(metered, contexts, session_cookie, make_use
     for page in pages:
         wait_ready(page)
     leader = leader_of(pages)
-    time.sleep(0.5)
+    # Through Playwright, not time.sleep: its event handlers (user.streams) run
+    # only while the page is being waited on.
+    leader.wait_for_timeout(500)
     assert len(user.streams.started) == 1
     assert user.streams.open == 1
-    assert streams_at(server) == 1
+    assert metric(server, "alarms_streams_open", METRICS_TOKEN) == 1
     assert sum(page.evaluate("window.alarms.state().leader") for page in pages) == 1
 
     alarm = api.send_alarm(TEXTS, level="error")
@@ -234,7 +210,11 @@ def test_eight_tabs_share_one_stream(metered, contexts, session_cookie, make_use
         assert toast(page, alarm.pk).get_attribute("role") == "alert"
         assert toast(page, alarm.pk).get_attribute("aria-live") == "assertive"
     # Seen once, by one request, not eight.
-    wait_until(lambda: (r := receipt(user_model("tabby"), alarm)) and r.seen_at)
+    wait_for(
+        lambda: (r := receipt(user_model("tabby"), alarm)) and r.seen_at,
+        what="the receipt seen",
+        page=pages[0],
+    )
     pages[0].wait_for_timeout(1000)  # more would come with the next batch
     assert len(user.posts("/alarms/seen/")) == 1
 
@@ -245,7 +225,11 @@ def test_eight_tabs_share_one_stream(metered, contexts, session_cookie, make_use
     successor = leader_of(pages, timeout=LIVE / 1000)
     assert "last_event_id=" in user.streams.started[-1].url
     assert len(user.streams.started) == 2
-    wait_until(lambda: streams_at(server) == 1)
+    wait_for(
+        lambda: metric(server, "alarms_streams_open", METRICS_TOKEN) == 1,
+        what="one stream open",
+        page=successor,
+    )
     assert successor.evaluate("window.alarms.state().lastEventId")
 
     second = api.send_alarm(TEXTS, level="warning")
@@ -253,7 +237,7 @@ def test_eight_tabs_share_one_stream(metered, contexts, session_cookie, make_use
         toast(page, second.pk).wait_for(timeout=LIVE)
         assert toast(page, alarm.pk).count() == 1
     assert len(user.streams.started) == 2
-    assert streams_at(server) == 1
+    assert metric(server, "alarms_streams_open", METRICS_TOKEN) == 1
 
 
 def user_model(username: str) -> Any:
@@ -270,13 +254,17 @@ def test_lease_fallback_without_web_locks(metered, contexts, session_cookie, mak
         wait_ready(page)
     assert pages[0].evaluate("navigator.locks") is None
     leader = leader_of(pages)
-    time.sleep(1.0)
+    leader.wait_for_timeout(1000)  # Playwright's wait: user.streams' handlers run meanwhile
     assert len(user.streams.started) == 1
-    assert streams_at(server) == 1
+    assert metric(server, "alarms_streams_open", METRICS_TOKEN) == 1
     pages.remove(leader)
     leader.close()
     leader_of(pages, timeout=LIVE / 1000)
-    wait_until(lambda: streams_at(server) == 1)
+    wait_for(
+        lambda: metric(server, "alarms_streams_open", METRICS_TOKEN) == 1,
+        what="one stream open",
+        page=pages[0],
+    )
     alarm = api.send_alarm(TEXTS, level="warning")
     for page in pages:
         toast(page, alarm.pk).wait_for(timeout=LIVE)
@@ -310,7 +298,11 @@ def test_dismiss_closes_everywhere_and_stays_dismissed(server, contexts, session
     toast(tab2, alarm.pk).wait_for(state="detached", timeout=LIVE)
     # Another device: through the stream's dismiss event.
     toast(other, alarm.pk).wait_for(state="detached", timeout=LIVE)
-    wait_until(lambda: (r := receipt(reader, alarm)) and r.dismissed_at)
+    wait_for(
+        lambda: (r := receipt(reader, alarm)) and r.dismissed_at,
+        what="the receipt dismissed",
+        page=tab1,
+    )
     assert dismissed and dismissed[0]["id"] == alarm.pk
 
     for page in (tab2, other):
@@ -322,7 +314,7 @@ def test_dismiss_closes_everywhere_and_stays_dismissed(server, contexts, session
     assert "alarms-entry--dismissed" in (
         page.locator(f'[data-alarms-item="{alarm.pk}"]').get_attribute("class") or ""
     )
-    time.sleep(0.7)
+    tab1.wait_for_timeout(700)
     for page in (tab1, tab2, other):
         assert toast(page, alarm.pk).count() == 0
 
@@ -341,14 +333,22 @@ def test_escape_dismisses_the_focused_toast(server, contexts, session_cookie, ma
     toast(page, second.pk).focus()
     page.keyboard.press("Escape")
     toast(page, second.pk).wait_for(state="detached")
-    wait_until(lambda: (r := receipt(reader, second)) and r.dismissed_at)
+    wait_for(
+        lambda: (r := receipt(reader, second)) and r.dismissed_at,
+        what="the receipt dismissed",
+        page=page,
+    )
     # The close button is a real, focusable button; focus moved into the stack.
     close = toast(page, first.pk).locator("button.alarms-close")
     assert close.get_attribute("aria-label") == "Dismiss"
     close.focus()
     page.keyboard.press("Enter")
     toast(page, first.pk).wait_for(state="detached")
-    wait_until(lambda: (r := receipt(reader, first)) and r.dismissed_at)
+    wait_for(
+        lambda: (r := receipt(reader, first)) and r.dismissed_at,
+        what="the receipt dismissed",
+        page=page,
+    )
 
 
 def test_seen_toasts_do_not_return_but_critical_ones_do(
@@ -362,7 +362,9 @@ def test_seen_toasts_do_not_return_but_critical_ones_do(
     critical = api.send_alarm(TEXTS, level="critical")
     toast(page, warning.pk).wait_for()
     toast(page, critical.pk).wait_for()
-    wait_until(lambda: (r := receipt(reader, warning)) and r.seen_at)
+    wait_for(
+        lambda: (r := receipt(reader, warning)) and r.seen_at, what="the receipt seen", page=page
+    )
     # Next page, and another device: the warning was seen, the critical alarm comes back.
     for context in (user, signed_in(contexts, server, session_cookie, reader)):
         page = context.page("/")
@@ -528,7 +530,7 @@ def test_receipts_the_server_keeps_failing_are_warned_once_then_given_up(
         page.clock.run_for(30_000)
         return any("gave up" in text for text in warnings)
 
-    wait_until(gave_up, timeout=LIVE / 1000, page=page)
+    wait_for(gave_up, timeout=LIVE / 1000, page=page)
     retried = [text for text in warnings if "answered 503" in text]
     assert len(retried) == 1, warnings  # nine failures, one warning
     assert len([text for text in warnings if "gave up" in text]) == 1
@@ -638,10 +640,16 @@ def test_language_switch_reopens_the_one_stream(metered, contexts, session_cooki
     page.wait_for_load_state()
     page.wait_for_function("() => document.documentElement.lang === 'ko'")
     wait_ready(page)
-    wait_until(lambda: "lang=ko" in user.streams.started[-1].url)
+    wait_for(
+        lambda: "lang=ko" in user.streams.started[-1].url, what="a stream in Korean", page=page
+    )
     current = leader_of([other, page])
     assert current.evaluate("window.alarms.state().language") == "ko"
-    wait_until(lambda: streams_at(server) == 1)
+    wait_for(
+        lambda: metric(server, "alarms_streams_open", METRICS_TOKEN) == 1,
+        what="one stream open",
+        page=page,
+    )
 
     alarm = api.send_alarm(TEXTS, level="warning")
     for tab in (other, page):
@@ -649,7 +657,7 @@ def test_language_switch_reopens_the_one_stream(metered, contexts, session_cooki
         item.wait_for(timeout=LIVE)
         assert item.locator(".alarms-title").text_content() == TEXTS["ko"]["title"]
         assert item.get_attribute("lang") == "ko"
-    assert streams_at(server) == 1
+    assert metric(server, "alarms_streams_open", METRICS_TOKEN) == 1
 
 
 # -- screenshots --------------------------------------------------------------

@@ -11,9 +11,10 @@ from django.utils import translation
 from django.utils.translation import ngettext
 
 from alarms import api
-from alarms.models import Alarm, AlarmReceipt
+from alarms.models import Alarm
 from tests.e2e import browser as fixtures
-from tests.e2e.browser import leader_of, toast, wait_ready
+from tests.e2e.browser import leader_of, signed_in, toast, wait_ready
+from tests.helpers import receipt, wait_for
 
 # The Playwright fixtures, made visible to the tests of this module.
 browser = fixtures.browser
@@ -31,10 +32,6 @@ CRITICAL = {
 }
 # Loaded machines: generous waits, always for a condition.
 WAIT = 15_000
-
-
-def signed_in(make: Any, server: Any, session_cookie: Any, user: Any, **options: Any) -> Any:
-    return make(server, cookie=session_cookie(user), **options)
 
 
 def shows(page: Any, alarm: Alarm, texts: dict[str, dict[str, str]], language: str) -> None:
@@ -76,7 +73,9 @@ def test_language_switch_redraws_every_toast_in_every_tab(
     for page in (first, second):
         shows(page, warning, TEXTS, "ko")
     # Seen: the server's snapshot of a fresh stream leaves it out from now on.
-    assert _until_seen(reader, warning, first)
+    wait_for(
+        lambda: (r := receipt(reader, warning)) and r.seen_at, what="the receipt seen", page=first
+    )
     critical = api.send_alarm(CRITICAL, level="critical")
     for page in (first, second):
         shows(page, critical, CRITICAL, "ko")
@@ -100,15 +99,6 @@ def test_language_switch_redraws_every_toast_in_every_tab(
     assert current.evaluate("window.alarms.state().language") == "ar"
 
 
-def _until_seen(reader: Any, alarm: Alarm, page: Any) -> bool:
-    for _ in range(300):
-        found = AlarmReceipt.objects.filter(user=reader, alarm=alarm, seen_at__isnull=False)
-        if found.exists():
-            return True
-        page.wait_for_timeout(50)
-    return False
-
-
 @pytest.mark.e2e
 @pytest.mark.browser
 def test_a_reload_in_the_same_language_does_not_bring_seen_toasts_back(
@@ -120,7 +110,9 @@ def test_a_reload_in_the_same_language_does_not_bring_seen_toasts_back(
     wait_ready(page, leader=True, timeout=WAIT)
     warning = api.send_alarm(TEXTS, level="warning")
     shows(page, warning, TEXTS, "ko")
-    assert _until_seen(reader, warning, page)
+    wait_for(
+        lambda: (r := receipt(reader, warning)) and r.seen_at, what="the receipt seen", page=page
+    )
     page.reload()
     wait_ready(page, leader=True, timeout=WAIT)
     page.wait_for_timeout(800)
