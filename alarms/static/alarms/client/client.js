@@ -31,6 +31,9 @@ function validPayload(data) {
 // The client of one page: what it knows and shows, and the parts it drives.
 // Events come from the stream when this tab leads, else relayed by the
 // leader over the channel; both go through handle().
+// Over 300 lines because it is the one holder of the page's state (by
+// design: the other modules keep none of their own); each concern it drives
+// is in its own module.
 class Client {
   constructor(config) {
     this.config = config;

@@ -1,3 +1,7 @@
+// The toasts: the live region, one toast per alarm, auto-hide timers and the
+// "+N more" layout. Over 300 lines because these share one region's state
+// (what is shown, in which order, which timers run); the icons and the link
+// check at the top are the only parts that stand alone.
 import { warnOnce } from "./log.js";
 import { isCrossOrigin } from "./net.js";
 
