@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from django.conf import settings
 from django.contrib import admin, messages
@@ -19,6 +19,20 @@ from django.utils.translation import ngettext
 from alarms import api, rules
 from alarms.forms import AlarmAdminForm, AlarmTranslationFormSet, language_name
 from alarms.models import Alarm, AlarmReceipt, AlarmTranslation
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User
+    from django_stubs_ext import StrOrPromise
+
+    from alarms.querysets import AlarmQuerySet
+
+    # Django's admin classes take no type parameters at run time; the stubs' do.
+    _AlarmAdminBase = admin.ModelAdmin[Alarm]
+    _ReceiptAdminBase = admin.ModelAdmin[AlarmReceipt]
+    _TranslationInlineBase = admin.StackedInline[AlarmTranslation, Alarm]
+else:
+    _AlarmAdminBase = _ReceiptAdminBase = admin.ModelAdmin
+    _TranslationInlineBase = admin.StackedInline
 
 STATUS_LABELS = {
     rules.SCHEDULED: _("Scheduled"),
@@ -78,7 +92,7 @@ class LanguageFilter(admin.SimpleListFilter):
         return queryset.filter(~translated if value.startswith("-") else translated)
 
 
-class AlarmTranslationInline(admin.StackedInline):
+class AlarmTranslationInline(_TranslationInlineBase):
     model = AlarmTranslation
     formset = AlarmTranslationFormSet
     fields = ("language_code", "title", "message")
@@ -101,7 +115,7 @@ class AlarmTranslationInline(admin.StackedInline):
 
 
 @admin.register(Alarm)
-class AlarmAdmin(admin.ModelAdmin):
+class AlarmAdmin(_AlarmAdminBase):
     class Media:
         css = {"all": ("alarms/admin.css",)}
 
@@ -147,7 +161,8 @@ class AlarmAdmin(admin.ModelAdmin):
     )
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Alarm]:
-        queryset: Any = super().get_queryset(request)
+        # The default manager's queryset: Alarm.objects is an AlarmQuerySet manager.
+        queryset = cast("AlarmQuerySet", super().get_queryset(request))
         return (
             queryset.with_status()
             .prefetch_related("translations")
@@ -184,7 +199,7 @@ class AlarmAdmin(admin.ModelAdmin):
     # -- change form -------------------------------------------------------
 
     @admin.display(description=_("Preview"))
-    def preview(self, obj: Alarm) -> SafeString | str:
+    def preview(self, obj: Alarm) -> SafeString | StrOrPromise:
         if obj.pk is None:
             return _("Save the alarm to see how it reads in each language.")
         if not obj.translations.all():
@@ -220,7 +235,8 @@ class AlarmAdmin(admin.ModelAdmin):
 
     def save_model(self, request: HttpRequest, obj: Alarm, form: Any, change: bool) -> None:
         if not change:
-            obj.created_by = request.user
+            # The admin serves signed-in staff only.
+            obj.created_by = cast("User", request.user)
         withdrawn = form.cleaned_data.get("withdrawn", False)
         if withdrawn and obj.withdrawn_at is None:
             obj.withdrawn_at = timezone.now()
@@ -260,7 +276,8 @@ class AlarmAdmin(admin.ModelAdmin):
                     publish_at=now,
                     expires_at=now + window if window else None,
                     withdrawn_at=now,
-                    created_by=request.user,
+                    # The admin serves signed-in staff only.
+                    created_by=cast("User", request.user),
                 )
                 AlarmTranslation.objects.bulk_create(
                     AlarmTranslation(
@@ -286,7 +303,7 @@ class AlarmAdmin(admin.ModelAdmin):
 
 
 @admin.register(AlarmReceipt)
-class AlarmReceiptAdmin(admin.ModelAdmin):
+class AlarmReceiptAdmin(_ReceiptAdminBase):
     """Read-only: receipts are written by readers, never by operators."""
 
     list_display = ("alarm", "user", "seen_at", "dismissed_at")

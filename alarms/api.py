@@ -49,18 +49,18 @@ def send_alarm(
     had ``ALARMS["STORM_LIMIT"]`` alarms within ``ALARMS["STORM_WINDOW"]`` seconds.
     """
     users = list(users)
-    groups = [_group(g) for g in groups]
+    group_list = [_group(g) for g in groups]
     if audience is None:
-        audience = Audience.SELECTED if users or groups else Audience.AUTHENTICATED
+        audience = Audience.SELECTED if users or group_list else Audience.AUTHENTICATED
     if level not in Level.values:
         raise ValueError(f"Unknown level {level!r}: choose one of {', '.join(Level.values)}.")
     if audience not in Audience.values:
         raise ValueError(
             f"Unknown audience {audience!r}: choose one of {', '.join(Audience.values)}."
         )
-    if (users or groups) and audience != Audience.SELECTED:
+    if (users or group_list) and audience != Audience.SELECTED:
         raise ValueError('Users and groups can only be given with the audience "selected".')
-    if audience == Audience.SELECTED and not (users or groups):
+    if audience == Audience.SELECTED and not (users or group_list):
         raise ValueError('The audience "selected" needs at least one user or group.')
     if len(url) > MAX_URL:
         raise ValueError(f"The link is longer than {MAX_URL} characters.")
@@ -84,7 +84,7 @@ def send_alarm(
             publish_at=publish_at,
             expires_at=expires_at,
             user_ids=[getattr(u, "pk", u) for u in users],
-            group_ids=[g.pk for g in groups],
+            group_ids=[g.pk for g in group_list],
             using=alias,
         )
         alarm = Alarm.objects.create(
@@ -100,8 +100,8 @@ def send_alarm(
         )
         if users:
             alarm.users.set(users)
-        if groups:
-            alarm.groups.set(groups)
+        if group_list:
+            alarm.groups.set(group_list)
     return alarm
 
 

@@ -106,7 +106,8 @@ def _twisted_request(send: Send) -> Any | None:
 def _is_event_stream(message: Message) -> bool:
     for name, value in message.get("headers", ()):
         if name.lower() == b"content-type":
-            return value.split(b";")[0].strip().lower() == b"text/event-stream"
+            media_type: bytes = value.split(b";")[0].strip().lower()
+            return media_type == b"text/event-stream"
     return False
 
 

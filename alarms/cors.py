@@ -35,6 +35,7 @@ __all__ = ["ALLOWED_HEADERS", "MAX_AGE", "cors", "normalise_origin"]
 logger = logging.getLogger("alarms.cors")
 
 View = TypeVar("View", bound=Callable[..., Any])
+_Response = TypeVar("_Response", bound=HttpResponseBase)
 
 # What the client may send: JSON bodies, Django's CSRF header (harmless when a
 # same-site page sends it anyway) and the header EventSource adds when it
@@ -148,7 +149,7 @@ def _preflight(origin: str, methods: Iterable[str]) -> HttpResponse:
     return _allow(response, origin)
 
 
-def _allow(response: HttpResponseBase, origin: str) -> HttpResponseBase:
+def _allow(response: _Response, origin: str) -> _Response:
     response["Access-Control-Allow-Origin"] = origin
     response["Access-Control-Allow-Credentials"] = "true"
     patch_vary_headers(response, ("Origin",))

@@ -46,9 +46,9 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncGenerator, Callable, Iterable
 from contextlib import aclosing, suppress
-from typing import Any
+from typing import Any, cast
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -56,7 +56,13 @@ from django.conf.urls.i18n import is_language_prefix_patterns_used
 from django.contrib.sessions.middleware import SessionMiddleware
 from django.core.handlers.asgi import ASGIRequest
 from django.core.handlers.exception import response_for_exception
-from django.http import HttpRequest, HttpResponseBadRequest, HttpResponseBase
+from django.http import (
+    HttpRequest,
+    HttpResponse,
+    HttpResponseBadRequest,
+    HttpResponseBase,
+    StreamingHttpResponse,
+)
 from django.middleware.security import SecurityMiddleware
 from django.urls import NoReverseMatch, resolve, reverse
 from django.utils import translation
@@ -133,10 +139,8 @@ class _Route:
         self.view = resolve(path).func
         self.session_store = import_string(settings.SESSION_ENGINE + ".SessionStore")
         self.cookie_name = settings.SESSION_COOKIE_NAME
-        self.security = (
-            SecurityMiddleware(lambda request: None) if SECURITY_MIDDLEWARE in middleware else None
-        )
-        self.sessions = SessionMiddleware(lambda request: None)
+        self.security = SecurityMiddleware(_no_chain) if SECURITY_MIDDLEWARE in middleware else None
+        self.sessions = SessionMiddleware(_no_chain)
         # The language as the listed LocaleMiddleware would choose it, none without one.
         self.language: Callable[[HttpRequest], str] | None = None
         if "alarms.middleware.LocaleMiddleware" in middleware:
@@ -147,6 +151,11 @@ class _Route:
         if used and not prefixed_default:
             # Django's rule: a path without a language prefix is LANGUAGE_CODE.
             self.language = None
+
+
+def _no_chain(request: HttpRequest) -> HttpResponseBase:
+    """The get_response of the middleware above: only their hooks are called, never it."""
+    raise NotImplementedError
 
 
 def direct_streams(application: Any, *, skip: Iterable[str] = ()) -> Any:
@@ -211,11 +220,17 @@ async def _serve(route: _Route, scope: Scope, receive: Any, send: Any) -> None:
 async def _respond(route: _Route, request: HttpRequest) -> HttpResponseBase:
     response = await _view_response(route, request)
     if route.security is not None:
-        response = route.security.process_response(request, response)
+        # Typed for HttpResponse only; it sets headers, as on any response.
+        response = route.security.process_response(request, response)  # type: ignore[arg-type]
     if response.status_code >= 400:
         # As Django's handler logs what a view answered (once: errors are logged already).
         await sync_to_async(log_response, thread_sensitive=False)(
-            "%s: %s", response.reason_phrase, request.path, response=response, request=request
+            "%s: %s",
+            response.reason_phrase,
+            request.path,
+            # Typed for HttpResponse only; it reads the status code, as of any response.
+            response=response,  # type: ignore[arg-type]
+            request=request,
         )
     return response
 
@@ -231,7 +246,7 @@ async def _view_response(route: _Route, request: HttpRequest) -> HttpResponseBas
         language = route.language(request) if route.language else settings.LANGUAGE_CODE
         with translation.override(language):
             request.LANGUAGE_CODE = language
-            response = await route.view(request)
+            response: HttpResponseBase = await route.view(request)
         # The session is loaded in the broker's thread by now. What SessionMiddleware
         # would write back (a key cycled by a SECRET_KEY_FALLBACKS login, a renewal
         # under SESSION_SAVE_EVERY_REQUEST, the deletion of a stale cookie), it writes.
@@ -241,7 +256,9 @@ async def _view_response(route: _Route, request: HttpRequest) -> HttpResponseBas
             or (route.cookie_name in request.COOKIES and session.is_empty())
         ):
             response = await sync_to_async(route.sessions.process_response, thread_sensitive=False)(
-                request, response
+                request,
+                # Typed for HttpResponse only; it sets cookies, as on any response.
+                response,  # type: ignore[arg-type]
             )
         return response
     except Exception as exc:  # answered as Django's handler answers it
@@ -256,12 +273,16 @@ async def _send(response: HttpResponseBase, send: Any) -> None:
         headers.append((b"Set-Cookie", cookie.output(header="").strip().encode("ascii")))
     await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
     if getattr(response, "streaming", False):
-        async with aclosing(aiter(response)) as content:
+        # Django's flag for the streaming kind of response, as its handlers read it.
+        streaming = cast(StreamingHttpResponse, response)
+        # Its __aiter__ is an async generator, which the stubs call an AsyncIterator.
+        parts = cast(AsyncGenerator[bytes, None], aiter(streaming))
+        async with aclosing(parts) as content:
             async for part in content:
                 await send({"type": "http.response.body", "body": part, "more_body": True})
         await send({"type": "http.response.body"})
     else:
-        await send({"type": "http.response.body", "body": response.content})
+        await send({"type": "http.response.body", "body": cast(HttpResponse, response).content})
 
 
 async def _disconnected(receive: Any) -> None:

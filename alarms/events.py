@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Sequence
 from typing import Any
 
 _FIELD_UNSAFE = re.compile(r"[\r\n\0]")
@@ -98,7 +99,7 @@ def parse_id(raw: object, *, minimum: int = 1, maximum: int = MAX_ID) -> int:
     )
 
 
-def parse_ids(values: list[object], *, limit: int) -> list[int]:
+def parse_ids(values: Sequence[object], *, limit: int) -> list[int]:
     """A client's list of ids, each through :func:`parse_id`; ``InvalidId`` names the
     position of the first bad one (never its value) or says the list is too long."""
     if len(values) > limit:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django import forms
 from django.conf import settings
@@ -11,15 +11,25 @@ from django.forms.models import BaseInlineFormSet
 from django.utils.translation import gettext_lazy as _
 
 from alarms import storm
-from alarms.models import Alarm, Audience
+from alarms.models import Alarm, AlarmTranslation, Audience
 from alarms.translation import default_language
+
+if TYPE_CHECKING:
+    # Django's form classes take no type parameters at run time; the stubs' do.
+    _AlarmFormBase = forms.ModelForm[Alarm]
+    _TranslationFormSetBase = BaseInlineFormSet[
+        AlarmTranslation, Alarm, forms.ModelForm[AlarmTranslation]
+    ]
+else:
+    _AlarmFormBase = forms.ModelForm
+    _TranslationFormSetBase = BaseInlineFormSet
 
 
 def language_name(code: str) -> str:
     return str(dict(settings.LANGUAGES).get(code, code))
 
 
-class AlarmAdminForm(forms.ModelForm):
+class AlarmAdminForm(_AlarmFormBase):
     # withdrawn_at is not editable on the model; the checkbox sets or clears it
     # so that a draft (see the "duplicate" action) can be published from here.
     withdrawn = forms.BooleanField(
@@ -40,7 +50,9 @@ class AlarmAdminForm(forms.ModelForm):
         self.fields["withdrawn"].initial = self.instance.withdrawn_at is not None
 
     def clean(self) -> dict[str, Any]:
-        cleaned = super().clean()
+        # ModelForm.clean() returns cleaned_data; the stubs allow None for any form.
+        super().clean()
+        cleaned = self.cleaned_data
         audience = cleaned.get("audience")
         users = cleaned.get("users")
         groups = cleaned.get("groups")
@@ -101,7 +113,7 @@ class AlarmAdminForm(forms.ModelForm):
         )
 
 
-class AlarmTranslationFormSet(BaseInlineFormSet):
+class AlarmTranslationFormSet(_TranslationFormSetBase):
     """One row per site language; the default language required, none twice.
 
     Extra rows come prefilled with the languages the alarm does not have yet;
@@ -128,7 +140,8 @@ class AlarmTranslationFormSet(BaseInlineFormSet):
         for form in self.forms:
             if not form.has_changed() and form.instance.pk is None:
                 continue
-            if self.can_delete and self._should_delete_form(form):
+            # A private formset method, used as Django's own clean() uses it; not in the stubs.
+            if self.can_delete and self._should_delete_form(form):  # type: ignore[attr-defined]
                 continue
             code = form.cleaned_data.get("language_code")
             if not code:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Collection
+from typing import Any, cast
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -108,7 +109,8 @@ class Alarm(models.Model):
         using = kwargs.get("using") or router.db_for_write(type(self), instance=self)
         with transaction.atomic(using=using, savepoint=False):
             super().save(*args, **kwargs)
-            journal.record([self.pk], using=self._state.db)
+            # save() has just set the database it wrote to.
+            journal.record([self.pk], using=cast(str, self._state.db))
 
     def delete(self, using: Any = None, keep_parents: bool = False) -> tuple[int, dict[str, int]]:
         using = using or router.db_for_write(type(self), instance=self)
@@ -182,6 +184,9 @@ class AlarmTranslation(models.Model):
 
     objects = AlarmTranslationQuerySet.as_manager()
 
+    # Set by from_db() and save(): the alarm this row belonged to when loaded.
+    _loaded_alarm_id: int | None
+
     class Meta:
         verbose_name = _("translation")
         verbose_name_plural = _("translations")
@@ -202,7 +207,10 @@ class AlarmTranslation(models.Model):
         with transaction.atomic(using=using, savepoint=False):
             super().save(*args, **kwargs)
             loaded = getattr(self, "_loaded_alarm_id", None)
-            journal.record({self.alarm_id, loaded or self.alarm_id}, using=self._state.db)
+            # save() has just set the database it wrote to.
+            journal.record(
+                {self.alarm_id, loaded or self.alarm_id}, using=cast(str, self._state.db)
+            )
         self._loaded_alarm_id = self.alarm_id
 
     def delete(self, using: Any = None, keep_parents: bool = False) -> tuple[int, dict[str, int]]:
@@ -214,7 +222,13 @@ class AlarmTranslation(models.Model):
         return result
 
     @classmethod
-    def from_db(cls, db: str, field_names: Any, values: Any, **kwargs: Any) -> AlarmTranslation:
+    def from_db(
+        cls,
+        db: str | None,
+        field_names: Collection[str],
+        values: Collection[Any],
+        **kwargs: Any,
+    ) -> AlarmTranslation:
         # kwargs: Django 6.1's fetch_mode, which its own from_db() takes.
         instance = super().from_db(db, field_names, values, **kwargs)
         # The alarm it belonged to when loaded: a save that moves it changes both.

@@ -23,11 +23,6 @@ from alarms import journal, rules
 if TYPE_CHECKING:
     from alarms.models import Alarm, AlarmTranslation
 
-    _Base = models.QuerySet[Alarm]
-    _TranslationBase = models.QuerySet[AlarmTranslation]
-else:
-    _Base = _TranslationBase = models.QuerySet
-
 # Time windows are compared with the database clock (Now()), never a time frozen
 # in Python, so every process and query agrees on "now". One Q per status of
 # rules.status, in its order of precedence.
@@ -54,11 +49,14 @@ def _live() -> Q:
 
 
 def _write_db(queryset: models.QuerySet[Any]) -> str:
-    # What QuerySet.db answers once a queryset is marked for writing.
-    return queryset._db or router.db_for_write(queryset.model, **queryset._hints)
+    # What QuerySet.db answers once a queryset is marked for writing. _db and
+    # _hints are private to Django, read on purpose; the stubs do not declare them.
+    db: str | None = queryset._db  # type: ignore[attr-defined]
+    hints: dict[str, Any] = queryset._hints  # type: ignore[attr-defined]
+    return db or router.db_for_write(queryset.model, **hints)
 
 
-class AlarmQuerySet(_Base):
+class AlarmQuerySet(models.QuerySet["Alarm"]):
     # -- time: rules.status, rules.is_live, rules.is_current --------------------
 
     def live(self) -> AlarmQuerySet:
@@ -159,7 +157,7 @@ class AlarmQuerySet(_Base):
         return result
 
 
-class AlarmTranslationQuerySet(_TranslationBase):
+class AlarmTranslationQuerySet(models.QuerySet["AlarmTranslation"]):
     """Each write records a journal row for the alarms whose text it changes."""
 
     def update(self, **kwargs: Any) -> int:

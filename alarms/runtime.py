@@ -1,10 +1,21 @@
 """The one door to other libraries' and the interpreter's internals.
 
+Over 300 lines on purpose: having every hook in one file, to read after an
+upgrade, is the point of this module.
+
 Every hook into what Django, asgiref, daphne, Twisted or CPython do not promise
 lives here, each with a start-up probe (:func:`probe`) and a test that fails
 when the hook stops working, like django-debug-toolbar's ``_compat.py``.
 
-Hooks:
+Hooks, each documented where it is defined:
+
+- ``release_request_thread``: asgiref's per-request thread executor;
+- ``slim_request``: attributes Django and its middleware set on a request;
+- ``set_session_data`` / ``session_loaded``: a Django session's ``_session_cache``;
+- ``listen_params``: the PostgreSQL backend's ``get_connection_params()``;
+- ``CollectorHold``: CPython's cyclic collector, held off during a broadcast;
+- ``install_shutdown_handlers``: signal handlers chained in front of Twisted's,
+  and, under ``runserver``'s autoreloader, ``threading._register_atexit``:
 
 ``threading._register_atexit``
     Under ``runserver``'s autoreloader the server's event loop runs in a daemon

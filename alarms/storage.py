@@ -27,8 +27,8 @@ try:
 except ImportError:  # WhiteNoise is optional: only the class below needs it.
     pass
 else:
-
-    class CompressedManifestStaticFilesStorage(_WhiteNoiseStorage):
+    # WhiteNoise ships no type information, so its class is Any to mypy.
+    class CompressedManifestStaticFilesStorage(_WhiteNoiseStorage):  # type: ignore[misc]
         """WhiteNoise's compressing manifest storage, rewriting JavaScript module imports."""
 
         support_js_module_import_aggregation = True

@@ -222,7 +222,9 @@ def _publications(
             .values_list("alarm_id", "group_id")
         ):
             targets[alarm_id][1].add(group_id)
-        times = {pk: t for pk, t in times.items() if targets[pk] == (users, groups)}
+        times = {
+            pk: t for pk, t in times.items() if targets[pk][0] == users and targets[pk][1] == groups
+        }
     return sorted(times.values())
 
 

@@ -74,7 +74,8 @@ def prime_session(session: Any) -> datetime | None:
     if row is None:
         return None
     runtime.set_session_data(session, session.decode(row[0]))
-    return row[1]
+    expire_date: datetime = row[1]
+    return expire_date
 
 
 def session_expiry(session: Any) -> datetime | None:
@@ -82,7 +83,7 @@ def session_expiry(session: Any) -> datetime | None:
     keeps one in the database, else the latest it can be (expiry age from now)."""
     model = getattr(type(session), "get_model_class", None)
     if model is not None:
-        stored = (
+        stored: datetime | None = (
             model()
             .objects.filter(session_key=session.session_key)
             .values_list("expire_date", flat=True)
@@ -91,6 +92,7 @@ def session_expiry(session: Any) -> datetime | None:
         if stored is not None:
             return stored
     try:
-        return session.get_expiry_date()
+        expiry: datetime = session.get_expiry_date()
+        return expiry
     except Exception:  # an engine of the project's own that cannot say
         return None

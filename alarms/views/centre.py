@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -17,6 +17,9 @@ from django.views.decorators.http import require_http_methods
 from alarms import api, events
 from alarms.conf import get_config
 from alarms.models import Alarm, AlarmReceipt, Level
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User
 
 EARLIER_LIMIT = 50
 UNREAD_LIMIT = 200
@@ -74,7 +77,7 @@ def entries(
 @login_required
 @require_http_methods(["GET", "POST"])
 def centre(request: HttpRequest) -> HttpResponse:
-    user = request.user
+    user = cast("User", request.user)  # signed in: @login_required
     if request.method == "POST":
         return _dismiss(request)
     unread_qs = Alarm.objects.for_user(user)

@@ -9,7 +9,7 @@ import sys
 import time
 from collections.abc import AsyncIterator
 
-from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseBase, StreamingHttpResponse
 from django.utils import translation
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
@@ -28,7 +28,7 @@ _warned_no_flow_control = False
 
 @never_cache
 @require_GET
-async def stream(request: HttpRequest) -> HttpResponse:
+async def stream(request: HttpRequest) -> HttpResponseBase:
     broker = get_broker()
     await broker.ensure_started()
     _check_flow_control(request)
