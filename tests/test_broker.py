@@ -291,6 +291,33 @@ class BrokerContract:
 
         run(test)
 
+    def test_a_resume_ahead_of_the_expiry_timer_retracts_once(self, run, clock, monkeypatch):
+        """An alarm expired while the reader was away, and the broker's own timer has not
+        retracted it yet when the reader resumes: the retract comes once, not from the
+        replay and then again from the timer."""
+        monkeypatch.setattr(timezone, "now", clock.now)
+        alarm = api.send_alarm(
+            en_ko("Expiring"), audience="everyone", expires_at=clock.now() + timedelta(seconds=30)
+        )
+
+        async def test(broker: BaseBroker) -> None:
+            head, since = broker.head, (broker.head, int(clock.now().timestamp() * 1000))
+            tick = broker._tick
+            broker._tick = lambda: None  # type: ignore[method-assign]  # the timer is late
+            clock.offset += 60  # both clocks past the expiry, with no await for the timer
+            sub = broker.subscribe(viewer())
+            sub.tracking = set()
+            missed = await broker.run_db(broker.reads.missed, sub.viewer, since, head)
+            replayed = replay(broker, sub, missed)
+            sub.tracking = None
+            broker._tick = tick  # type: ignore[method-assign]
+            broker._tick()
+            queued = await sub.next(3) or []
+            sent = [e for chunk in replayed + queued for e in parse(chunk.decode())]
+            assert [(e.event, e.json()["id"]) for e in sent] == [("retract", alarm.pk)]
+
+        run(test)
+
     def test_garbage_collection_waits_until_the_broadcast_is_written(self, run, clock):
         import gc
 

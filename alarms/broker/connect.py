@@ -127,7 +127,11 @@ def replay(broker: BaseBroker, sub: Subscriber, missed: Missed) -> list[bytes]:
     queued = sub.tracking or set()
     chunks = []
     delivered = set(queued)
-    for a in deliverable(broker.alarms.values(), sub, timezone.now()):
+    now = timezone.now()
+    # Expired, but the broker's own timer has not retracted them yet: it will,
+    # to this stream's queue too, so the replay leaves them to it.
+    delivered |= {a.id for a in broker.alarms.values() if a.announced and not a.live(now)}
+    for a in deliverable(broker.alarms.values(), sub, now):
         if a.id in queued:
             continue
         if a.id in missed.changed or a.publish_at > missed.since:
