@@ -17,6 +17,7 @@ import itertools
 import os
 import pwd
 import socket
+import statistics
 import subprocess
 import threading
 import time
@@ -282,16 +283,20 @@ def test_a_failed_journal_read_is_retried_without_another_wake_up(server: Server
 # ---------------------------------------------------------------------------
 
 # Sized for CI: a few thousand cycles in BATCHES, the server's RSS read after
-# each, and the least-squares slope over them bounded. bench/cycles.py runs the
-# same test with ALARMS_CYCLES=100000 (its figures are in docs/performance.md).
+# each, and the median growth per batch bounded. bench/cycles.py runs the same
+# test with ALARMS_CYCLES=100000 (its figures are in docs/performance.md).
 CYCLES = int(os.environ.get("ALARMS_CYCLES", "3000"))
 WARM_UP = 3000  # RSS rises for about that long (caches, allocator), then stays flat
-BATCHES = 6
+BATCHES = 10
 CONCURRENCY = 32
 # A stream costs the server about 30 KiB while open: one that leaked whole
-# would grow RSS by 30,000 KiB per 1,000 cycles. What is allowed is allocator
-# noise after warm-up (measured in docs/performance.md: tens of KiB at most).
-SLOPE_LIMIT_KIB = 256  # per 1,000 cycles
+# would grow RSS by 30,000 KiB per 1,000 cycles, and a leak grows it in every
+# batch. The allocator grows it in steps instead: after warm-up, one to three
+# batches in ten gain 0.1 to 1.5 MiB, the rest nothing (measured on this code
+# and the code before it alike). A least-squares slope over six batches read
+# 52 to 701 KiB per 1,000 cycles on the same code from those steps alone; the
+# median of the batches' growth leaves them out and still sees any leak.
+GROWTH_LIMIT_KIB = 256  # per 1,000 cycles
 
 
 def client_addresses() -> list[str]:
@@ -396,13 +401,11 @@ def database_connections(pid: int) -> int:
     return count
 
 
-def slope(points: list[tuple[int, int]]) -> float:
-    """Least-squares slope of y over x."""
-    n = len(points)
-    mean_x = sum(x for x, _ in points) / n
-    mean_y = sum(y for _, y in points) / n
-    var = sum((x - mean_x) ** 2 for x, _ in points)
-    return sum((x - mean_x) * (y - mean_y) for x, y in points) / var
+def typical_growth(points: list[tuple[int, int]]) -> float:
+    """The median over consecutive points of the growth of y per unit of x."""
+    return statistics.median(
+        (y2 - y1) / (x2 - x1) for (x1, y1), (x2, y2) in itertools.pairwise(points)
+    )
 
 
 @pytest.mark.e2e
@@ -470,16 +473,16 @@ def test_connect_disconnect_cycles_leave_nothing_behind(
         after = settled(before)
         samples.append((done, after["rss_kib"]))
     server_cpu, client_cpu = cpu_seconds(pid) - server_cpu, time.process_time() - client_cpu
-    growth = slope(samples) * 1000
+    growth = typical_growth(samples) * 1000
     print(
         f"\n{CYCLES} cycles in {took:.0f} s ({CYCLES / took:.0f}/s) on {connection.vendor}, "
         f"CPU per cycle: server {server_cpu / CYCLES * 1000:.2f} ms, "
-        f"client {client_cpu / CYCLES * 1000:.2f} ms; RSS slope {growth:+.1f} KiB per "
+        f"client {client_cpu / CYCLES * 1000:.2f} ms; RSS growth (median) {growth:+.1f} KiB per "
         f"1,000 cycles; RSS (cycles, KiB) after {WARM_UP} to warm up: {samples}; "
         f"before: {before}; after: {after}"
     )
     assert server.metrics(TOKEN)["alarms_connects_total"] >= WARM_UP + CYCLES
-    assert growth <= SLOPE_LIMIT_KIB, f"RSS grows {growth:.0f} KiB per 1,000 cycles: {samples}"
+    assert growth <= GROWTH_LIMIT_KIB, f"RSS grows {growth:.0f} KiB per 1,000 cycles: {samples}"
     assert after["threads"] <= before["threads"], f"threads left behind: {before} -> {after}"
     assert after["connections"] <= before["connections"], (
         f"database connections left behind: {before} -> {after}"
