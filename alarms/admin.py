@@ -16,7 +16,7 @@ from django.utils.safestring import SafeString
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
-from alarms import api, rules
+from alarms import api, rules, signals
 from alarms.forms import AlarmAdminForm, AlarmTranslationFormSet, language_name
 from alarms.models import Alarm, AlarmReceipt, AlarmTranslation
 
@@ -137,7 +137,15 @@ class AlarmAdmin(_AlarmAdminBase):
     search_fields = ("translations__title", "translations__message")
     date_hierarchy = "publish_at"
     filter_horizontal = ("users", "groups")
-    readonly_fields = ("preview", "withdrawn_at", "created_by", "created_at", "updated_at")
+    readonly_fields = (
+        "preview",
+        "withdrawn_at",
+        "created_by",
+        "created_by_token",
+        "external_id",
+        "created_at",
+        "updated_at",
+    )
     actions = ("withdraw_now", "duplicate_as_draft")
     fieldsets = (
         (None, {"fields": ("level", "audience", "publish_at", "expires_at", "withdrawn")}),
@@ -155,7 +163,14 @@ class AlarmAdmin(_AlarmAdminBase):
             _("History"),
             {
                 "classes": ("collapse",),
-                "fields": ("withdrawn_at", "created_by", "created_at", "updated_at"),
+                "fields": (
+                    "withdrawn_at",
+                    "created_by",
+                    "created_by_token",
+                    "external_id",
+                    "created_at",
+                    "updated_at",
+                ),
             },
         ),
     )
@@ -240,9 +255,33 @@ class AlarmAdmin(_AlarmAdminBase):
         withdrawn = form.cleaned_data.get("withdrawn", False)
         if withdrawn and obj.withdrawn_at is None:
             obj.withdrawn_at = timezone.now()
+            # For save_related: this save withdraws it.
+            obj._alarms_withdrawn_now = True  # type: ignore[attr-defined]
         elif not withdrawn:
             obj.withdrawn_at = None
         super().save_model(request, obj, form, change)
+
+    def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
+        super().save_related(request, form, formsets, change)
+        # The signals of alarms.signals, once the admin's transaction commits; an
+        # unchanged form saved again is no change.
+        if getattr(form.instance, "_alarms_withdrawn_now", False):
+            signal = signals.alarm_withdrawn
+        elif not change:
+            signal = signals.alarm_created
+        elif form.has_changed() or any(formset.has_changed() for formset in formsets):
+            signal = signals.alarm_updated
+        else:
+            return
+        alias = form.instance._state.db
+        signals.send_on_commit(signal, using=alias, alarm=form.instance)
+
+    def delete_model(self, request: HttpRequest, obj: Alarm) -> None:
+        # Through the API: it sends alarm_deleted after the commit.
+        api.delete_alarms([obj])
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Alarm]) -> None:
+        api.delete_alarms(queryset)
 
     # -- actions -----------------------------------------------------------
 

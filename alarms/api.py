@@ -8,23 +8,53 @@ and ``dismiss`` records the dismissals itself.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import Group
 from django.core.exceptions import ValidationError
-from django.db import router, transaction
+from django.db import IntegrityError, router, transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from alarms import journal, storm
-from alarms.models import Alarm, AlarmReceipt, AlarmTranslation, Audience, Level
-from alarms.rules import MAX_MESSAGE, MAX_TITLE, MAX_URL
+from alarms import journal, signals, storm
+from alarms.models import (
+    Alarm,
+    AlarmReceipt,
+    AlarmToken,
+    AlarmTranslation,
+    Audience,
+    Level,
+)
+from alarms.rules import MAX_EXTERNAL_ID, MAX_MESSAGE, MAX_TITLE, MAX_URL
 from alarms.translation import default_language
 from alarms.validators import is_safe_link, validate_storable_text
 
-__all__ = ["dismiss", "mark_seen", "send_alarm", "withdraw"]
+__all__ = [
+    "AlarmEnded",
+    "Published",
+    "delete_alarms",
+    "dismiss",
+    "mark_seen",
+    "publish",
+    "send_alarm",
+    "withdraw",
+]
+
+
+class AlarmEnded(ValueError):
+    """The external id names an alarm that was withdrawn: it is not brought back."""
+
+
+@dataclass(frozen=True)
+class Published:
+    """What :func:`publish` did: the alarm, whether it is new, whether anything changed."""
+
+    alarm: Alarm
+    created: bool
+    changed: bool
 
 
 def send_alarm(
@@ -48,10 +78,56 @@ def send_alarm(
     ``alarms.storm.StormLimitExceeded`` (a ``ValueError``) when the audience already
     had ``ALARMS["STORM_LIMIT"]`` alarms within ``ALARMS["STORM_WINDOW"]`` seconds.
     """
+    return publish(
+        translations,
+        level=level,
+        audience=audience,
+        users=users,
+        groups=groups,
+        url=url,
+        publish_at=publish_at,
+        expires_at=expires_at,
+        created_by=created_by,
+    ).alarm
+
+
+def publish(
+    translations: Mapping[str, Mapping[str, str]],
+    *,
+    level: str = Level.INFO,
+    audience: str | None = None,
+    users: Iterable[Any] = (),
+    groups: Iterable[Group | str] = (),
+    url: str = "",
+    publish_at: datetime | None = None,
+    expires_at: datetime | None = None,
+    created_by: Any = None,
+    token: AlarmToken | None = None,
+    external_id: str | None = None,
+    dry_run: bool = False,
+) -> Published:
+    """:func:`send_alarm`, and the one path every sender takes (admin aside).
+
+    With ``external_id``, a send that names an existing alarm updates it instead
+    (a retried request or a repeated webhook): only what differs is written, and a
+    send identical to the alarm as it stands writes nothing (``changed`` False), so
+    open pages do not show it again. An alarm that was withdrawn is not brought
+    back: :class:`AlarmEnded`. Sent with ``token``, the alarm records it, the
+    token's default audience applies when none is named, and the token's own storm
+    limit too. ``dry_run`` checks everything, storm control included, and writes
+    nothing. Signals (``alarms.signals``) follow the commit.
+    """
     users = list(users)
     group_list = [_group(g) for g in groups]
     if audience is None:
-        audience = Audience.SELECTED if users or group_list else Audience.AUTHENTICATED
+        if users or group_list:
+            audience = Audience.SELECTED
+        elif token is not None:
+            audience = token.audience
+            if audience == Audience.SELECTED:
+                group_list = list(token.groups.all())
+        else:
+            audience = Audience.AUTHENTICATED
     if level not in Level.values:
         raise ValueError(f"Unknown level {level!r}: choose one of {', '.join(Level.values)}.")
     if audience not in Audience.values:
@@ -66,43 +142,203 @@ def send_alarm(
         raise ValueError(f"The link is longer than {MAX_URL} characters.")
     if url and not is_safe_link(url):
         raise ValueError(f"Unsafe link {url!r}: use http(s):// or a path starting with '/'.")
+    if external_id is not None:
+        external_id = external_id.strip()
+        if not external_id or len(external_id) > MAX_EXTERNAL_ID:
+            raise ValueError(f"The external id must be 1 to {MAX_EXTERNAL_ID} characters.")
+        validate_storable_text_or_raise("external id", external_id)
     cleaned = _clean_translations(translations)
-    publish_at = publish_at or timezone.now()
-    if timezone.is_naive(publish_at) or (expires_at and timezone.is_naive(expires_at)):
+    if timezone.is_naive(publish_at or timezone.now()) or (
+        expires_at and timezone.is_naive(expires_at)
+    ):
         raise ValueError("publish_at and expires_at must be timezone-aware.")
+
+    # Where the alarm is written, so where its journal row goes (ALARMS["DATABASE"]
+    # is only where the brokers read and listen).
+    alias = router.db_for_write(Alarm)
+    with transaction.atomic(using=alias):
+        existing = None
+        if external_id is not None:
+            existing = (
+                Alarm.objects.using(alias).select_for_update().filter(external_id=external_id)
+            ).first()
+        if existing is None:
+            try:
+                # A savepoint: a concurrent send with the same external id that
+                # committed first makes this insert fail, and this send an update.
+                with transaction.atomic(using=alias):
+                    result = _create(
+                        cleaned,
+                        level=level,
+                        audience=audience,
+                        users=users,
+                        groups=group_list,
+                        url=url,
+                        publish_at=publish_at or timezone.now(),
+                        expires_at=expires_at,
+                        created_by=created_by,
+                        token=token,
+                        external_id=external_id,
+                        using=alias,
+                    )
+            except IntegrityError:
+                if external_id is None:
+                    raise
+                existing = (
+                    Alarm.objects.using(alias).select_for_update().get(external_id=external_id)
+                )
+        if existing is not None:
+            result = _update(
+                existing,
+                cleaned,
+                level=level,
+                audience=audience,
+                users=users,
+                groups=group_list,
+                url=url,
+                publish_at=publish_at,
+                expires_at=expires_at,
+                token=token,
+                using=alias,
+            )
+        if dry_run:
+            # Everything above ran, storm control included; nothing of it is kept,
+            # and the on-commit signals are dropped with it.
+            transaction.set_rollback(True, using=alias)
+        elif result.changed:
+            signal = signals.alarm_created if result.created else signals.alarm_updated
+            signals.send_on_commit(signal, using=alias, alarm=result.alarm)
+    return result
+
+
+def _create(
+    cleaned: dict[str, dict[str, str]],
+    *,
+    level: str,
+    audience: str,
+    users: list[Any],
+    groups: list[Group],
+    url: str,
+    publish_at: datetime,
+    expires_at: datetime | None,
+    created_by: Any,
+    token: AlarmToken | None,
+    external_id: str | None,
+    using: str,
+) -> Published:
     if expires_at is not None and expires_at <= publish_at:
         raise ValueError("expires_at must be after publish_at.")
-
-    # Where the alarm is written, so where its journal row takes the journal's lock
-    # (ALARMS["DATABASE"] is only where the brokers read and listen).
-    alias = router.db_for_write(Alarm)
     # The storm check and the insert in one transaction: check() takes a lock that
     # keeps a concurrent sender from counting before this alarm is committed.
-    with transaction.atomic(using=alias):
+    storm.check(
+        audience,
+        publish_at=publish_at,
+        expires_at=expires_at,
+        user_ids=[getattr(u, "pk", u) for u in users],
+        group_ids=[g.pk for g in groups],
+        token=token,
+        using=using,
+    )
+    alarm = Alarm.objects.create(
+        level=level,
+        audience=audience,
+        url=url,
+        publish_at=publish_at,
+        expires_at=expires_at,
+        created_by=created_by,
+        created_by_token=token,
+        external_id=external_id,
+    )
+    AlarmTranslation.objects.bulk_create(
+        [AlarmTranslation(alarm=alarm, language_code=c, **t) for c, t in cleaned.items()]
+    )
+    if users:
+        alarm.users.set(users)
+    if groups:
+        alarm.groups.set(groups)
+    return Published(alarm, created=True, changed=True)
+
+
+def _update(
+    alarm: Alarm,
+    cleaned: dict[str, dict[str, str]],
+    *,
+    level: str,
+    audience: str,
+    users: list[Any],
+    groups: list[Group],
+    url: str,
+    publish_at: datetime | None,
+    expires_at: datetime | None,
+    token: AlarmToken | None,
+    using: str,
+) -> Published:
+    """Make ``alarm`` what the send describes, writing only what differs."""
+    if alarm.withdrawn_at is not None:
+        raise AlarmEnded(
+            f"The alarm with external id {alarm.external_id!r} (#{alarm.pk}) was withdrawn; "
+            "send under a new external id to raise it again."
+        )
+    publish_at = publish_at or alarm.publish_at
+    if expires_at is not None and expires_at <= publish_at:
+        raise ValueError("expires_at must be after publish_at.")
+    user_ids = {getattr(u, "pk", u) for u in users}
+    group_ids = {g.pk for g in groups}
+    old_users = set(alarm.users.values_list("pk", flat=True))
+    old_groups = set(alarm.groups.values_list("pk", flat=True))
+    fields = {
+        "level": level,
+        "audience": audience,
+        "url": url,
+        "publish_at": publish_at,
+        "expires_at": expires_at,
+    }
+    changed_fields = [name for name, value in fields.items() if getattr(alarm, name) != value]
+    reaches_others = (
+        "audience" in changed_fields
+        or "publish_at" in changed_fields
+        or user_ids != old_users
+        or group_ids != old_groups
+    )
+    if reaches_others:
+        # A new audience or a new publication time is a new send as far as
+        # storm control goes; the alarm does not count against itself.
         storm.check(
             audience,
             publish_at=publish_at,
             expires_at=expires_at,
-            user_ids=[getattr(u, "pk", u) for u in users],
-            group_ids=[g.pk for g in group_list],
-            using=alias,
+            user_ids=user_ids,
+            group_ids=group_ids,
+            exclude=alarm.pk,
+            token=token,
+            using=using,
         )
-        alarm = Alarm.objects.create(
-            level=level,
-            audience=audience,
-            url=url,
-            publish_at=publish_at,
-            expires_at=expires_at,
-            created_by=created_by,
-        )
-        AlarmTranslation.objects.bulk_create(
-            [AlarmTranslation(alarm=alarm, language_code=c, **t) for c, t in cleaned.items()]
-        )
-        if users:
-            alarm.users.set(users)
-        if group_list:
-            alarm.groups.set(group_list)
-    return alarm
+    translations = {t.language_code: t for t in alarm.translations.all()}
+    stale = [code for code in translations if code not in cleaned]
+    edits = [
+        (code, text)
+        for code, text in cleaned.items()
+        if code not in translations
+        or (translations[code].title, translations[code].message)
+        != (text["title"], text["message"])
+    ]
+    changed = bool(changed_fields or stale or edits or reaches_others)
+    if not changed:
+        return Published(alarm, created=False, changed=False)
+    for name in changed_fields:
+        setattr(alarm, name, fields[name])
+    alarm.save(using=using)
+    if stale:
+        AlarmTranslation.objects.using(using).filter(alarm=alarm, language_code__in=stale).delete()
+    for code, text in edits:
+        translation = translations.get(code) or AlarmTranslation(alarm=alarm, language_code=code)
+        translation.title, translation.message = text["title"], text["message"]
+        translation.save(using=using)
+    if user_ids != old_users:
+        alarm.users.set(users)
+    if group_ids != old_groups:
+        alarm.groups.set(groups)
+    return Published(alarm, created=False, changed=True)
 
 
 def _group(group: Group | str) -> Group:
@@ -147,6 +383,13 @@ def _clean_translations(
     return cleaned
 
 
+def validate_storable_text_or_raise(what: str, value: str) -> None:
+    try:
+        validate_storable_text(value)
+    except ValidationError as exc:
+        raise ValueError(f"The {what}: {exc.messages[0]}") from None
+
+
 def withdraw(alarms: QuerySet[Alarm] | Iterable[Alarm]) -> int:
     """Take live or scheduled alarms down now; open streams retract them. Returns the count."""
     qs = (
@@ -157,8 +400,43 @@ def withdraw(alarms: QuerySet[Alarm] | Iterable[Alarm]) -> int:
     now = timezone.now()
     # Alarm.objects whatever queryset came in: its update() records the journal
     # rows that make open streams retract the alarms.
-    pending = Alarm.objects.using(qs.db).filter(pk__in=qs.values("pk"), withdrawn_at__isnull=True)
-    return pending.update(withdrawn_at=now, updated_at=now)
+    alias = qs.db
+    with transaction.atomic(using=alias):
+        pending = Alarm.objects.using(alias).filter(
+            pk__in=qs.values("pk"), withdrawn_at__isnull=True
+        )
+        taken = list(pending.select_for_update().order_by("pk"))
+        count = (
+            Alarm.objects.using(alias)
+            .filter(pk__in=[a.pk for a in taken])
+            .update(withdrawn_at=now, updated_at=now)
+        )
+        for alarm in taken:
+            alarm.withdrawn_at = alarm.updated_at = now
+            signals.send_on_commit(signals.alarm_withdrawn, using=alias, alarm=alarm)
+    return count
+
+
+def delete_alarms(alarms: QuerySet[Alarm] | Iterable[Alarm]) -> int:
+    """Delete alarms with their translations and receipts; open streams retract them."""
+    qs = (
+        alarms
+        if isinstance(alarms, QuerySet)
+        else Alarm.objects.filter(pk__in=[a.pk for a in alarms])
+    )
+    alias = qs.db
+    with transaction.atomic(using=alias):
+        gone = list(
+            Alarm.objects.using(alias)
+            .filter(pk__in=qs.values("pk"))
+            .values_list("pk", "external_id")
+        )
+        Alarm.objects.using(alias).filter(pk__in=[pk for pk, _ in gone]).delete()
+        for pk, external_id in gone:
+            signals.send_on_commit(
+                signals.alarm_deleted, using=alias, alarm_id=pk, external_id=external_id
+            )
+    return len(gone)
 
 
 def mark_seen(user: Any, alarm_ids: Iterable[int]) -> int:
@@ -210,4 +488,8 @@ def _receipts(user: Any, alarm_ids: Iterable[int], field: str) -> int:
                 user=user, alarm_id__in=changed, seen_at__isnull=True
             ).update(seen_at=now)
             journal.record(changed, kind="dismiss", user_id=user.pk, using=alias)
+            for alarm_id in sorted(changed):
+                signals.send_on_commit(
+                    signals.alarm_dismissed, using=alias, alarm_id=alarm_id, user=user
+                )
     return len(changed)

@@ -68,6 +68,25 @@ class Alarm(models.Model):
         related_name="+",
         editable=False,
     )
+    created_by_token = models.ForeignKey(
+        "alarms.AlarmToken",
+        verbose_name=_("created by token"),
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="alarms",
+        editable=False,
+    )
+    # The sender's key for this alarm (an HTTP API idempotency key, an Alertmanager
+    # fingerprint): sending with a key that names an alarm updates that alarm.
+    external_id = models.CharField(
+        _("external id"),
+        max_length=rules.MAX_EXTERNAL_ID,
+        null=True,
+        blank=True,
+        unique=True,
+        editable=False,
+    )
     created_at = models.DateTimeField(_("created at"), auto_now_add=True)
     updated_at = models.DateTimeField(_("updated at"), auto_now=True)
 
@@ -262,6 +281,80 @@ class AlarmReceipt(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user} / {self.alarm_id}"
+
+
+class TokenScope(models.TextChoices):
+    PUBLISH = "publish", _("Publish: create and update alarms")
+    WITHDRAW = "withdraw", _("Withdraw alarms")
+    READ = "read", _("Read alarms and their counts")
+
+
+class AlarmToken(models.Model):
+    """A bearer token for the HTTP API and the webhooks (``alarms.tokens``).
+
+    Only a SHA-256 digest of the secret is stored: the secret is shown once, when
+    the token is made. A token is refused from the moment it is revoked or expires.
+    """
+
+    name = models.CharField(_("name"), max_length=100, unique=True)
+    # Space-separated TokenScope values (a CharField, not a JSONField, whose system
+    # check needs a database connection).
+    scopes = models.CharField(_("scopes"), max_length=100, default=TokenScope.PUBLISH)
+    # The first characters of the secret, to tell tokens apart in lists and logs.
+    prefix = models.CharField(_("prefix"), max_length=16, editable=False)
+    digest = models.CharField(_("digest"), max_length=64, unique=True, editable=False)
+    audience = models.CharField(
+        _("default audience"),
+        max_length=16,
+        choices=Audience,
+        default=Audience.AUTHENTICATED,
+        help_text=_("For alarms whose sender names no audience (the webhooks)."),
+    )
+    groups = models.ManyToManyField(
+        "auth.Group",
+        verbose_name=_("default groups"),
+        blank=True,
+        related_name="+",
+        help_text=_("With the default audience “Selected users and groups”."),
+    )
+    storm_limit = models.PositiveIntegerField(
+        _("storm limit"),
+        null=True,
+        blank=True,
+        help_text=_(
+            "Alarms this token may publish within the storm window (STORM_WINDOW); "
+            "empty: the site's STORM_LIMIT."
+        ),
+    )
+    expires_at = models.DateTimeField(_("expires at"), null=True, blank=True)
+    revoked_at = models.DateTimeField(_("revoked at"), null=True, blank=True, editable=False)
+    last_used_at = models.DateTimeField(_("last used at"), null=True, blank=True, editable=False)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        verbose_name=_("created by"),
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        editable=False,
+    )
+    created_at = models.DateTimeField(_("created at"), auto_now_add=True)
+
+    class Meta:
+        verbose_name = _("API token")
+        verbose_name_plural = _("API tokens")
+        ordering = ("name",)
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+    @property
+    def scope_set(self) -> frozenset[str]:
+        return frozenset(self.scopes.split())
+
+    def is_usable(self, now: Any = None) -> bool:
+        now = now or timezone.now()
+        return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)
 
 
 class AlarmChange(models.Model):

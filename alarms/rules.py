@@ -24,6 +24,8 @@ MAX_TITLE = 200
 MAX_MESSAGE = 10_000
 MAX_URL = 2000
 MAX_LANGUAGE_CODE = 15
+# A sender's key for an alarm (HTTP API idempotency key, Alertmanager fingerprint).
+MAX_EXTERNAL_ID = 200
 # Alarm ids per request to the receipt and payload endpoints.
 MAX_BATCH = 200
 

@@ -34,6 +34,8 @@ from bisect import bisect_right
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
+from functools import partial
+from typing import Any
 
 from django.db import connections, router
 from django.db.models.functions import Greatest
@@ -42,7 +44,7 @@ from django.utils.translation import gettext, ngettext
 
 from alarms import journal
 from alarms.conf import get_config
-from alarms.models import Alarm, Audience
+from alarms.models import Alarm, AlarmToken, Audience
 
 __all__ = ["StormLimitExceeded", "check", "sent_in_window"]
 
@@ -127,16 +129,20 @@ def check(
     user_ids: Iterable[int] = (),
     group_ids: Iterable[int] = (),
     exclude: int | None = None,
+    token: AlarmToken | None = None,
     using: str | None = None,
 ) -> None:
-    """Raise :class:`StormLimitExceeded` if this alarm would exceed ``STORM_LIMIT``.
+    """Raise :class:`StormLimitExceeded` if this alarm would exceed ``STORM_LIMIT``,
+    or, sent with ``token``, the token's own ``storm_limit`` (default ``STORM_LIMIT``)
+    for every alarm that token sent, whatever their audiences.
 
     Call it inside the transaction (on ``using``, by default ``ALARMS["DATABASE"]``)
     that then writes the alarm: the lock it takes is held until that commit.
     """
     config = get_config()
     limit = config["STORM_LIMIT"]
-    if limit is None:
+    token_limit = limit if token is None or token.storm_limit is None else token.storm_limit
+    if limit is None and (token is None or token_limit is None):
         return
     now = timezone.now()
     if expires_at is not None and expires_at <= now:
@@ -144,26 +150,31 @@ def check(
     # The lock must be the one the alarm's journal row takes: on the database
     # (and connection) the alarm is written to.
     using = using or router.db_for_write(Alarm)
-    users, groups = frozenset(user_ids), frozenset(group_ids)
     at = max(publish_at, now)
-    _serialise(using)
-    count = sent_in_window(
-        audience, at=at, user_ids=users, group_ids=groups, exclude=exclude, using=using
-    )
-    if count < limit:
-        return
     window = _window()
-    # Everything from the window's start on, scheduled alarms included: the next
-    # free time may lie beyond several of them.
-    later = _publications(
-        audience, users, groups, after=at - window, before=None, exclude=exclude, using=using
-    )
-    raise StormLimitExceeded(
-        count=count,
-        limit=int(limit),
-        window=window.total_seconds(),
-        next_at=_next_free(later, at, window, int(limit)),
-    )
+    _serialise(using)
+    checks: list[tuple[int, Any]] = []
+    if limit is not None:
+        users, groups = frozenset(user_ids), frozenset(group_ids)
+        checks.append(
+            (int(limit), partial(_publications, audience, users, groups, exclude=exclude))
+        )
+    if token is not None and token_limit is not None:
+        checks.append((int(token_limit), partial(_token_publications, token.pk, exclude=exclude)))
+    for cap, publications in checks:
+        times = publications(after=at - window, before=at + window, using=using)
+        count = _busiest(times, at, window)
+        if count < cap:
+            continue
+        # Everything from the window's start on, scheduled alarms included: the next
+        # free time may lie beyond several of them.
+        later = publications(after=at - window, before=None, using=using)
+        raise StormLimitExceeded(
+            count=count,
+            limit=cap,
+            window=window.total_seconds(),
+            next_at=_next_free(later, at, window, cap),
+        )
 
 
 def _window() -> timedelta:
@@ -186,6 +197,30 @@ def _serialise(using: str) -> None:
             cursor.execute(f"UPDATE {table} SET id = id WHERE 0 = 1")
 
 
+def _sent_times(
+    after: datetime, before: datetime | None, exclude: int | None, using: str, **filters: Any
+) -> dict[int, datetime]:
+    """Publication times of the alarms matching ``filters`` in (``after``, ``before``)."""
+    qs = (
+        Alarm.objects.using(using)
+        .filter(withdrawn_at__isnull=True, **filters)
+        .annotate(sent_at=Greatest("publish_at", "created_at"))
+        .filter(sent_at__gt=after)
+    )
+    if before is not None:
+        qs = qs.filter(publish_at__lt=before, sent_at__lt=before)
+    if exclude is not None:
+        qs = qs.exclude(pk=exclude)
+    return dict(qs.order_by().values_list("pk", "sent_at"))
+
+
+def _token_publications(
+    token_id: int, *, after: datetime, before: datetime | None, exclude: int | None, using: str
+) -> list[datetime]:
+    """Sorted publication times of the alarms one token sent, in (``after``, ``before``)."""
+    return sorted(_sent_times(after, before, exclude, using, created_by_token_id=token_id).values())
+
+
 def _publications(
     audience: str,
     users: frozenset[int],
@@ -197,17 +232,7 @@ def _publications(
     using: str,
 ) -> list[datetime]:
     """Sorted publication times of the audience's alarms in (``after``, ``before``)."""
-    qs = (
-        Alarm.objects.using(using)
-        .filter(audience=audience, withdrawn_at__isnull=True)
-        .annotate(sent_at=Greatest("publish_at", "created_at"))
-        .filter(sent_at__gt=after)
-    )
-    if before is not None:
-        qs = qs.filter(publish_at__lt=before, sent_at__lt=before)
-    if exclude is not None:
-        qs = qs.exclude(pk=exclude)
-    times = dict(qs.order_by().values_list("pk", "sent_at"))
+    times = _sent_times(after, before, exclude, using, audience=audience)
     if audience == Audience.SELECTED and times:
         targets: dict[int, tuple[set[int], set[int]]] = defaultdict(lambda: (set(), set()))
         for alarm_id, user_id in (

@@ -283,4 +283,13 @@ def test_receipts_for_anonymous_visitors_are_not_recorded() -> None:
 
 
 def test_public_api() -> None:
-    assert sorted(api.__all__) == ["dismiss", "mark_seen", "send_alarm", "withdraw"]
+    assert sorted(api.__all__) == [
+        "AlarmEnded",
+        "Published",
+        "delete_alarms",
+        "dismiss",
+        "mark_seen",
+        "publish",
+        "send_alarm",
+        "withdraw",
+    ]
