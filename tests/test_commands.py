@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -130,6 +131,110 @@ def test_send_alarm_exit_codes_from_the_command_line() -> None:
     )  # fmt: skip
     assert bad.returncode == 1
     assert "CommandError: --publish-at 'not-a-date' is not an ISO 8601" in bad.stderr
+
+
+def test_send_alarm_expires_at() -> None:
+    alarm = send("--translation", "en", "T", "M", "--expires-at", "2099-01-31T09:00:00+02:00")
+
+    assert alarm.expires_at == datetime(2099, 1, 31, 7, tzinfo=UTC)
+
+
+def test_send_alarm_expires_at_and_in_together_is_refused() -> None:
+    with pytest.raises(CommandError, match="not both"):
+        call_command(
+            "send_alarm", "--translation", "en", "T", "M",
+            "--expires-at", "2099-01-01T00:00", "--expires-in", "60", stdout=StringIO(),
+        )  # fmt: skip
+
+
+def test_send_alarm_dry_run_writes_nothing() -> None:
+    out = StringIO()
+    call_command("send_alarm", "--translation", "en", "T", "M", "--dry-run", stdout=out)
+
+    assert "Dry run: all checks passed; this would create a new alarm" in out.getvalue()
+    assert not Alarm.objects.exists()
+    assert not AlarmChange.objects.exists()
+
+
+@override_settings(ALARMS={"STORM_LIMIT": 1, "STORM_WINDOW": 60})
+def test_send_alarm_dry_run_meets_storm_control() -> None:
+    send("--translation", "en", "T", "M")
+
+    with pytest.raises(CommandError, match="Storm control"):
+        call_command("send_alarm", "--translation", "en", "T", "M", "--dry-run", stdout=StringIO())
+    assert Alarm.objects.count() == 1
+
+
+def test_send_alarm_external_id_updates_the_same_alarm_and_json_says_so() -> None:
+    def send_json(*args: str) -> dict[str, object]:
+        out = StringIO()
+        call_command("send_alarm", "--external-id", "backup-nightly", "--json", *args, stdout=out)
+        loaded: dict[str, object] = json.loads(out.getvalue())
+        return loaded
+
+    first = send_json("--translation", "en", "Backup failed", "Retrying.")
+    again = send_json("--translation", "en", "Backup failed", "Retrying.")
+    worse = send_json("--translation", "en", "Backup failed", "Gave up.", "--level", "error")
+
+    alarm = Alarm.objects.get()
+    assert first["id"] == again["id"] == worse["id"] == alarm.pk
+    assert (first["created"], first["changed"]) == (True, True)
+    assert (again["created"], again["changed"]) == (False, False)
+    assert (worse["created"], worse["changed"]) == (False, True)
+    assert (worse["status"], worse["level"], worse["external_id"]) == (
+        "live",
+        "error",
+        "backup-nightly",
+    )
+    assert alarm.translations.get().message == "Gave up."
+
+
+# -- withdraw_alarm -------------------------------------------------------------
+
+
+def test_withdraw_alarm_by_id_and_external_id() -> None:
+    first = send("--translation", "en", "A", "M")
+    second = send("--translation", "en", "B", "M", "--external-id", "k2")
+    kept = send("--translation", "en", "C", "M")
+    out = StringIO()
+
+    call_command("withdraw_alarm", str(first.pk), "--external-id", "k2", stdout=out)
+
+    assert out.getvalue().splitlines() == [
+        f"Withdrew alarm {first.pk}.",
+        f"Withdrew alarm {second.pk}.",
+    ]
+    assert set(Alarm.objects.withdrawn().values_list("pk", flat=True)) == {first.pk, second.pk}
+    assert Alarm.objects.get(pk=kept.pk).withdrawn_at is None
+
+
+def test_withdraw_alarm_again_and_json() -> None:
+    alarm = send("--translation", "en", "A", "M")
+    call_command("withdraw_alarm", str(alarm.pk), stdout=StringIO())
+    out = StringIO()
+
+    call_command("withdraw_alarm", str(alarm.pk), "--json", stdout=out)
+
+    line = json.loads(out.getvalue())
+    assert (line["id"], line["status"], line["withdrawn_now"]) == (alarm.pk, "withdrawn", False)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    (
+        ((), "Give at least one alarm id or --external-id"),
+        (("PK", "999"), "No alarm 999: nothing was withdrawn"),
+        (("PK", "--external-id", "nope"), "No alarm 'nope': nothing was withdrawn"),
+    ),
+)
+def test_withdraw_alarm_refuses_what_it_cannot_find(args: tuple[str, ...], message: str) -> None:
+    alarm = send("--translation", "en", "A", "M")
+
+    with pytest.raises(CommandError, match=message):
+        call_command(
+            "withdraw_alarm", *(str(alarm.pk) if a == "PK" else a for a in args), stdout=StringIO()
+        )
+    assert Alarm.objects.get().withdrawn_at is None
 
 
 # -- demo (a command of the demo project, config/demo/, not of the app) --------
