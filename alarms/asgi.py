@@ -18,12 +18,19 @@ While the stream waits, the broker keeps queueing its events; past
 ``QUEUE_SIZE`` it closes the stream as too slow, so memory per stuck client is
 bounded either way. Other streams are not held up: nothing here blocks the loop.
 
-Under any other server the wrapper passes requests through untouched.
+Under any other server (uvicorn, hypercorn), whose ``send`` already waits while
+the socket is full, the wrapper only bounds that wait: an event stream whose
+``send`` waits ``SLOW_CLIENT_TIMEOUT`` seconds is ended (its broker slot freed)
+and the application returns without finishing the response, which such servers
+answer by closing the connection (uvicorn logs one line about it). Without it, a
+client that keeps its connection open and reads nothing would hold its stream
+until TCP gives up, which a zero-window client can put off for ever.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import sys
@@ -52,9 +59,12 @@ def flow_control(application: ASGIApp) -> ASGIApp:
     """Wrap an ASGI application so event streams get backpressure under daphne."""
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        request = _twisted_request(send) if scope.get("type") == "http" else None
-        if request is None:
+        if scope.get("type") != "http":
             await application(scope, receive, send)
+            return
+        request = _twisted_request(send)
+        if request is None:
+            await _with_send_timeout(application, scope, receive, send)
             return
         valve = _Valve(request, float(get_config()["SLOW_CLIENT_TIMEOUT"]))
         scope[SCOPE_KEY] = True
@@ -87,6 +97,51 @@ def flow_control(application: ASGIApp) -> ASGIApp:
             valve.close()
 
     return app
+
+
+class _Stalled(Exception):
+    """An event stream's ``send`` waited ``SLOW_CLIENT_TIMEOUT`` on a full socket."""
+
+
+async def _with_send_timeout(
+    application: ASGIApp, scope: Scope, receive: Receive, send: Send
+) -> None:
+    """Under a server whose ``send`` waits on a full socket: bound that wait for streams."""
+    timeout = float(get_config()["SLOW_CLIENT_TIMEOUT"])
+    streaming = False
+    scope[SCOPE_KEY] = True
+
+    async def send_within_timeout(message: Message) -> None:
+        nonlocal streaming
+        if message.get("type") == "http.response.start":
+            streaming = _is_event_stream(message)
+        if not (streaming and message.get("type") == "http.response.body"):
+            await send(message)
+            return
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(timeout):
+                await send(message)
+        except TimeoutError:
+            _stalled(scope, time.monotonic() - started)
+            raise _Stalled from None
+
+    # The response stays unfinished: the server closes the connection.
+    with contextlib.suppress(_Stalled):
+        await application(scope, receive, send_within_timeout)
+
+
+def _stalled(scope: Scope, waited: float) -> None:
+    client = scope.get("client") or ("-", 0)
+    logger.warning(
+        "stream dropped: client %s read nothing for %.0f s (stalled)",
+        client[0],
+        waited,
+        extra={"event": "stream_stalled", "address": client[0], "waited_s": round(waited, 1)},
+    )
+    from alarms.broker import get_broker
+
+    get_broker().counters.aborted_stalled += 1
 
 
 def _twisted_request(send: Send) -> Any | None:
@@ -162,16 +217,7 @@ class _Valve:
     def _abort(self, scope: Scope, waited: float) -> None:
         channel = self.request.channel
         transport = getattr(channel, "transport", None)
-        client = scope.get("client") or ("-", 0)
-        logger.warning(
-            "stream dropped: client %s read nothing for %.0f s (stalled)",
-            client[0],
-            waited,
-            extra={"event": "stream_stalled", "address": client[0], "waited_s": round(waited, 1)},
-        )
-        from alarms.broker import get_broker
-
-        get_broker().counters.aborted_stalled += 1
+        _stalled(scope, waited)
         self.close()
         if transport is not None:
             # Dropping the connection frees Twisted's buffer; daphne then tells

@@ -221,12 +221,18 @@ def _end_sessions(application_name: str, timeout: float) -> None:
             time.sleep(0.05)
 
 
+#: The ASGI servers the app is tested under (docs/deployment.md says which for what).
+ASGI_SERVERS = ("daphne", "uvicorn", "hypercorn")
+
+
 class Server:
-    """One daphne process serving an ASGI application on 127.0.0.1, on the test database.
+    """One ASGI server process serving an application on 127.0.0.1, on the test database.
 
     ``alarms`` is its ALARMS setting; ``settings`` its settings module and
-    ``application`` the ASGI application daphne serves; ``env`` more of its
-    environment; ``extra_args`` go to daphne's command line, e.g. ``["--proxy-headers"]``.
+    ``application`` the ASGI application it serves; ``env`` more of its
+    environment; ``extra_args`` go to the server's command line, e.g.
+    ``["--proxy-headers"]``. ``asgi_server`` is daphne (the default), uvicorn or
+    hypercorn.
     """
 
     def __init__(
@@ -238,7 +244,11 @@ class Server:
         settings: str = "tests.e2e.server_settings",
         application: str = "config.asgi:application",
         env: dict[str, str] | None = None,
+        asgi_server: str = "daphne",
     ) -> None:
+        if asgi_server not in ASGI_SERVERS:
+            raise ValueError(f"Unknown ASGI server {asgi_server!r}")
+        self.asgi_server = asgi_server
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.alarms = alarms or {}
@@ -262,17 +272,14 @@ class Server:
         }
 
     def command(self) -> list[str]:
-        return [
-            sys.executable,
-            "-m",
-            "daphne",
-            "-b",
-            "127.0.0.1",
-            "-p",
-            str(self.port),
-            *self.extra_args,
-            self.application,
-        ]
+        if self.asgi_server == "uvicorn":
+            # As docs/deployment.md runs it: no lifespan (Django has none to offer).
+            listen = ["--host", "127.0.0.1", "--port", str(self.port), "--lifespan", "off"]
+        elif self.asgi_server == "hypercorn":
+            listen = ["--bind", f"127.0.0.1:{self.port}"]
+        else:
+            listen = ["-b", "127.0.0.1", "-p", str(self.port)]
+        return [sys.executable, "-m", self.asgi_server, *listen, *self.extra_args, self.application]
 
     def output(self) -> str:
         """What this server has written to its log so far (all its runs)."""
@@ -289,7 +296,9 @@ class Server:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-        wait_listening(self.process, self.port, 20, "daphne", lambda: self.log.read_text()[-2000:])
+        wait_listening(
+            self.process, self.port, 20, self.asgi_server, lambda: self.log.read_text()[-2000:]
+        )
         return self
 
     @property
@@ -326,7 +335,8 @@ class Server:
 class ServerFactory:
     """Starts :class:`Server` processes for one test, and kills what is left at its end.
 
-    ``server_factory(settings=..., application=..., env=..., extra_args=..., **alarms)``:
+    ``server_factory(settings=..., application=..., env=..., extra_args=..., asgi_server=...,
+    **alarms)``:
     the keywords of :class:`Server`; any other keyword is a key of its ALARMS.
     """
 
@@ -340,10 +350,16 @@ class ServerFactory:
         settings: str = "tests.e2e.server_settings",
         application: str = "config.asgi:application",
         env: dict[str, str] | None = None,
+        asgi_server: str = "daphne",
         **alarms: Any,
     ) -> Server:
         server = Server(
-            alarms, extra_args=extra_args, settings=settings, application=application, env=env
+            alarms,
+            extra_args=extra_args,
+            settings=settings,
+            application=application,
+            env=env,
+            asgi_server=asgi_server,
         )
         self.started.append(server)
         return server.start()

@@ -16,7 +16,7 @@ import pytest
 
 from alarms import api
 from alarms.models import AlarmTranslation
-from tests.e2e.conftest import metric, open_stream
+from tests.e2e.conftest import ASGI_SERVERS, metric, open_stream
 from tests.helpers import en, rss_kib, wait_for
 from tests.sse import EventSource, Stream
 
@@ -48,8 +48,9 @@ def dropped(server) -> float:
     )
 
 
+@pytest.mark.parametrize("asgi_server", ASGI_SERVERS)
 def test_a_client_that_stops_reading_is_dropped_without_holding_up_the_others(
-    server_factory, monkeypatch
+    server_factory, monkeypatch, asgi_server
 ):
     # As in production: with DEBUG on, Django keeps a log of every query.
     monkeypatch.setenv("DJANGO_DEBUG", "0")
@@ -62,7 +63,11 @@ def test_a_client_that_stops_reading_is_dropped_without_holding_up_the_others(
     # machine it closes it as too slow before the socket's timeout runs out, and
     # the connection is then dropped all the same (flow_control's last write).
     server = server_factory(
-        METRICS_TOKEN="t0ken", SLOW_CLIENT_TIMEOUT=2, QUEUE_SIZE=32, POLL_INTERVAL=0.05
+        asgi_server=asgi_server,
+        METRICS_TOKEN="t0ken",
+        SLOW_CLIENT_TIMEOUT=2,
+        QUEUE_SIZE=32,
+        POLL_INTERVAL=0.05,
     )
     alarms = [
         api.send_alarm(en(f"Rewritten {i}", BODY), audience="everyone") for i in range(ALARMS)
