@@ -900,7 +900,9 @@ class Sampler:
             row[f"{s.name}_threads"] = st.get("threads", "")
             row[f"{s.name}_streams"] = int(m.get("alarms_streams_open", -1))
             row[f"{s.name}_connects"] = int(m.get("alarms_connects_total", -1))
-            row[f"{s.name}_fan_out_ms"] = m.get("alarms_last_fan_out_ms", "")
+            # Milliseconds per second its loop spent queueing changes to streams.
+            fan_out = m.get("alarms_fan_out_seconds_total")
+            row[f"{s.name}_fan_out_ms_per_s"] = self._rate(f"{s.name}_fan_out", fan_out, now, 1000)
             row[f"{s.name}_db_backends"] = int(db.get(f"backends:soak-{s.name}", 0))
         row["clients_rss_mib"] = round(sum(c.get("rss_mib", 0.0) for c in clients), 1)
         cpu = sum(c.get("cpu", 0.0) for c in clients)

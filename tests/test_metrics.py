@@ -1,22 +1,35 @@
-"""``GET /alarms/metrics/``: access, the Prometheus text format, and values from the broker."""
+"""``GET /alarms/metrics/``: access, the Prometheus text format, and values from the broker.
+
+A scrape starts the broker (a fresh process reports its real state), so every
+test that gets a 200 runs on one event loop of its own (``run``), as a server
+would, and stops the broker it made.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any
 
+import prometheus_client
 import pytest
+from asgiref.sync import sync_to_async
+from django.db import connection, connections
 from django.http.response import HttpResponseBase
-from django.test import Client, override_settings
+from django.test import AsyncClient, Client, override_settings
 from django.urls import reverse
 
 import alarms.broker as broker_module
+from alarms import api
 from alarms.broker.base import BaseBroker
 from alarms.broker.cache import Viewer
+from alarms.broker.postgres import PostgresBroker
 from alarms.broker.reads import ConnectState
 from alarms.broker.subscribers import AddressFull, BrokerFull, Subscriber
-from tests.factories import make_user
-from tests.helpers import ExpositionError, metric_samples, parse_metrics
+from alarms.models import AlarmChange
+from tests.factories import ahead, make_user
+from tests.helpers import ExpositionError, en, metric_samples, parse_metrics, until
 
 URL = reverse("alarms:metrics")
 TOKEN = "t0ken"
@@ -34,8 +47,34 @@ def fresh_broker() -> Iterator[None]:
     broker_module.reset_broker()
 
 
-def scrape(client: Client | None = None, **headers: str) -> str:
-    response = (client or Client()).get(URL, headers=headers or AUTH)
+Runner = Callable[..., None]
+
+
+@pytest.fixture
+def run(transactional_db: None) -> Iterator[Runner]:
+    """Run ``test()`` on a fresh event loop with no broker yet, then stop the one it made."""
+
+    def runner(test: Callable[[], Coroutine[Any, Any, None]], **settings: Any) -> None:
+        async def main() -> None:
+            broker_module.reset_broker()
+            try:
+                await test()
+            finally:
+                broker = broker_module._broker
+                if broker is not None:
+                    await broker.stop()
+                await sync_to_async(connections.close_all)()
+                broker_module.reset_broker()
+
+        # Polling slow enough that only a wake-up reads the journal.
+        with override_settings(ALARMS={**ALARMS, "POLL_INTERVAL": 60, **settings}):
+            asyncio.run(main())
+
+    yield runner
+
+
+async def scrape(client: AsyncClient | None = None, **headers: str) -> str:
+    response = await (client or AsyncClient()).get(URL, headers=headers or AUTH)
     assert response.status_code == 200, response.content
     return response.content.decode()
 
@@ -91,10 +130,9 @@ def assert_never_cached(response: HttpResponseBase) -> None:
 
 @pytest.mark.django_db
 @override_settings(ALARMS=ALARMS)
-def test_only_staff_or_the_token() -> None:
-    reader, operator = Client(), Client()
+def test_only_staff_or_the_token_refused() -> None:
+    reader = Client()
     reader.force_login(make_user("reader"))
-    operator.force_login(make_user("operator", is_staff=True))
 
     refused = [
         Client().get(URL),
@@ -109,17 +147,27 @@ def test_only_staff_or_the_token() -> None:
         assert response.status_code == 403
         assert response.content == DENIED  # and no counters
         assert_never_cached(response)
+    assert broker_module._broker is None  # a refusal starts nothing
 
-    # The scheme's case is free (RFC 9110), the token's is not.
-    lower = {"Authorization": f"bearer {TOKEN}"}
-    for response in (
-        operator.get(URL),
-        Client().get(URL, headers=AUTH),
-        Client().get(URL, headers=lower),
-    ):
-        assert response.status_code == 200
-        assert b"alarms_streams_open " in response.content
-        assert_never_cached(response)
+
+def test_only_staff_or_the_token_answered(run: Runner) -> None:
+    operator = make_user("operator", is_staff=True)
+
+    async def test() -> None:
+        staff = AsyncClient()
+        await staff.aforce_login(operator)
+        # The scheme's case is free (RFC 9110), the token's is not.
+        lower = {"Authorization": f"bearer {TOKEN}"}
+        for response in (
+            await staff.get(URL),
+            await AsyncClient().get(URL, headers=AUTH),
+            await AsyncClient().get(URL, headers=lower),
+        ):
+            assert response.status_code == 200
+            assert b"alarms_streams_open " in response.content
+            assert_never_cached(response)
+
+    run(test)
 
 
 @pytest.mark.django_db
@@ -128,9 +176,17 @@ def test_no_token_set_means_staff_only() -> None:
     for given in ("Bearer ", "Bearer None", f"Bearer {TOKEN}", ""):
         response = Client().get(URL, headers={"Authorization": given})
         assert (response.status_code, response.content) == (403, DENIED)
-    operator = Client()
-    operator.force_login(make_user("operator", is_staff=True))
-    assert operator.get(URL).status_code == 200
+
+
+def test_no_token_set_still_answers_staff(run: Runner) -> None:
+    operator = make_user("operator", is_staff=True)
+
+    async def test() -> None:
+        staff = AsyncClient()
+        await staff.aforce_login(operator)
+        assert (await staff.get(URL)).status_code == 200
+
+    run(test, METRICS_TOKEN=None)
 
 
 @pytest.mark.django_db
@@ -143,37 +199,58 @@ def test_only_get() -> None:
 
 
 REQUIRED = {
-    "alarms_streams_open",  # open streams
-    "alarms_events_delivered_total",  # events delivered
-    "alarms_broker_lag_seconds",  # broker lag
-    "alarms_resumes_total",  # reconnects
-    "alarms_connects_total",
-    "alarms_streams_closed_total",  # slow clients dropped
-    "alarms_stalled_aborted_total",
+    "alarms_streams_open": "gauge",  # open streams
+    "alarms_streams_max": "gauge",  # and the cap they are held to
+    "alarms_broker_running": "gauge",
+    "alarms_journal_position": "gauge",
+    "alarms_events_delivered_total": "counter",  # events delivered
+    "alarms_broker_lag_seconds": "gauge",  # broker lag
+    "alarms_journal_read_seconds_total": "counter",  # journal reads, with alarms_reads_total
+    "alarms_reads_total": "counter",
+    "alarms_fan_out_seconds_total": "counter",
+    "alarms_resumes_total": "counter",  # reconnects
+    "alarms_connects_total": "counter",
+    "alarms_streams_closed_total": "counter",  # slow clients dropped
+    "alarms_stalled_aborted_total": "counter",
+}
+# Durations, and only they, are in seconds (Prometheus's unit for time).
+DURATIONS = {
+    "alarms_broker_lag_seconds",
+    "alarms_journal_read_seconds_total",
+    "alarms_fan_out_seconds_total",
 }
 
 
-@pytest.mark.django_db
-@override_settings(ALARMS=ALARMS)
-def test_prometheus_text_format() -> None:
-    # Two streams, so that not every value is a zero.
-    broker = broker_module.get_broker()
-    broker.subscribe(ConnectState(Viewer(user_id=1), set(), set()), "10.0.0.1")
-    broker.subscribe(ConnectState(Viewer(), set(), set()))
-    response = Client().get(URL, headers=AUTH)
+def test_prometheus_text_format(run: Runner) -> None:
+    async def test() -> None:
+        await scrape()  # starts the broker
+        broker = broker_module.get_broker()
+        # Two streams and a journal read that found a row, so that not every value is a zero.
+        broker.subscribe(ConnectState(Viewer(user_id=1), set(), set()), "10.0.0.1")
+        broker.subscribe(ConnectState(Viewer(), set(), set()))
+        await sync_to_async(api.send_alarm)(en("Read"), audience="everyone")
+        reads = broker.counters.reads
+        broker.wake()
+        await until(lambda: broker.counters.reads > reads and broker.head > 0, 10)
+        response = await AsyncClient().get(URL, headers=AUTH)
 
-    assert response.status_code == 200
-    assert response["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
-    text = response.content.decode()
-    families = parse_metrics(text)  # every rule of the format, or ExpositionError
-    assert set(families) >= REQUIRED
-    assert families["alarms_streams_open"][0] == "gauge"
-    assert families["alarms_broker_lag_seconds"][0] == "gauge"
-    for name in REQUIRED - {"alarms_streams_open", "alarms_broker_lag_seconds"}:
-        assert families[name][0] == "counter", name
-    assert (("reason", "slow"),) in families["alarms_streams_closed_total"][1]
-    assert families["alarms_streams_open"][1] == {(): 2}
-    assert all(not math.isnan(value) and value >= 0 for value in metric_samples(text).values())
+        assert response.status_code == 200
+        assert response["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
+        text = response.content.decode()
+        families = parse_metrics(text)  # every rule of the format, or ExpositionError
+        assert {name: families[name][0] for name in REQUIRED if name in families} == REQUIRED
+        assert (("reason", "slow"),) in families["alarms_streams_closed_total"][1]
+        assert families["alarms_streams_open"][1] == {(): 2}
+        assert all(not math.isnan(value) and value >= 0 for value in metric_samples(text).values())
+        assert {name for name in families if "second" in name} == DURATIONS
+        assert not [name for name in families if name.endswith(("_ms", "_ms_total"))]
+        # Measured, in seconds: a read of a few rows takes well under a minute.
+        assert 0 < families["alarms_journal_read_seconds_total"][1][()] < 60
+        # Its own registry: the process-wide one, the project's, holds none of it.
+        exposed = prometheus_client.generate_latest(prometheus_client.REGISTRY).decode()
+        assert "alarms_" not in exposed
+
+    run(test)
 
 
 # -- the values ----------------------------------------------------------------------
@@ -183,78 +260,151 @@ def subscribe(broker: BaseBroker, user_id: int | None = None, address: str = "")
     return broker.subscribe(ConnectState(Viewer(user_id=user_id), set(), set()), address)
 
 
-@pytest.mark.django_db
-@override_settings(
-    ALARMS={**ALARMS, "QUEUE_SIZE": 2, "MAX_STREAMS_PER_USER": 1, "MAX_STREAMS_PER_ADDRESS": 1}
-)
-def test_values_are_the_brokers() -> None:
-    broker = broker_module.get_broker()
-    before = metric_samples(scrape())
-    assert set(before.values()) == {0.0}  # a new broker has counted nothing
+def test_values_are_the_brokers(run: Runner) -> None:
+    api.send_alarm(en("Live"), audience="everyone")
+    api.send_alarm(en("Scheduled"), audience="everyone", publish_at=ahead(hours=1))
+    api.send_alarm(en("Another"), audience="everyone")
+    latest = AlarmChange.objects.order_by("-id")[0].pk
 
-    # Through the broker's own bookkeeping: three streams for two users ...
-    slow = subscribe(broker, user_id=1, address="10.0.0.1")
-    first = subscribe(broker, user_id=2)
-    subscribe(broker, user_id=2)  # ... the second closes the first (one per user) ...
-    subscribe(broker)
-    with pytest.raises(AddressFull):
-        subscribe(broker, address="10.0.0.1")  # ... one per address
-    for _ in range(3):
-        slow.push(b"data: x\n\n")  # ... a queue of 2 overflows
-    broker.unsubscribe(slow)
-    broker.unsubscribe(first)
+    async def test() -> None:
+        broker = broker_module.get_broker()
+        await broker.ensure_started()
+        before = metric_samples(await scrape())
+        counted = {key: value for key, value in before.items() if key[0].endswith("_total")}
+        assert set(counted.values()) == {0.0}  # a new broker has counted nothing
 
-    # ... and, for what needs a running broker, a stream view or the ASGI wrapper,
-    # distinct numbers, so that a series reading the wrong one is caught.
-    counted = {
-        "events": 11,
-        "resumes": 12,
-        "resumes_snapshot": 13,
-        "reads": 14,
-        "notifications": 15,
-        "aborted_stalled": 16,
-        "closed_lifetime": 17,
-        "closed_shutdown": 18,
-        "delivered": 19,
-        "closed_signed_out": 20,
-        "closed_session_expired": 21,
-        "reauthorised": 22,
-    }
-    for name, value in counted.items():
-        setattr(broker.counters, name, value)
-    broker.timings.read_ms, broker.timings.fan_out_ms, broker.timings.lag_s = 2.5, 0.5, 1.25
-    broker.head = 42
-    broker.alarms.update(dict.fromkeys((1, 2, 3)))  # type: ignore[arg-type]
-    broker.shutting_down = True  # refuses new streams as a full process does
-    with pytest.raises(BrokerFull):
+        # Through the broker's own bookkeeping: three streams for two users ...
+        slow = subscribe(broker, user_id=1, address="10.0.0.1")
+        first = subscribe(broker, user_id=2)
+        subscribe(broker, user_id=2)  # ... the second closes the first (one per user) ...
         subscribe(broker)
-    broker.shutting_down = False
+        with pytest.raises(AddressFull):
+            subscribe(broker, address="10.0.0.1")  # ... one per address
+        for _ in range(3):
+            slow.push(b"data: x\n\n")  # ... a queue of 2 overflows
+        broker.unsubscribe(slow)
+        broker.unsubscribe(first)
 
-    closed = "alarms_streams_closed_total"
-    refused = "alarms_streams_refused_total"
-    assert metric_samples(scrape()) == {
-        ("alarms_streams_open", ()): 2,
-        ("alarms_users_streaming", ()): 1,
-        ("alarms_alarms_current", ()): 3,
-        ("alarms_journal_position", ()): 42,
-        ("alarms_last_read_ms", ()): 2.5,
-        ("alarms_last_fan_out_ms", ()): 0.5,
-        ("alarms_broker_lag_seconds", ()): 1.25,
-        ("alarms_connects_total", ()): 4,
-        ("alarms_resumes_total", ()): 12,
-        ("alarms_resumes_snapshot_total", ()): 13,
-        (refused, (("reason", "full"),)): 1,
-        (refused, (("reason", "address"),)): 1,
-        ("alarms_events_total", ()): 11,
-        ("alarms_events_delivered_total", ()): 19,
-        ("alarms_reads_total", ()): 14,
-        ("alarms_notifications_total", ()): 15,
-        ("alarms_users_reauthorised_total", ()): 22,
-        (closed, (("reason", "slow"),)): 1,
-        (closed, (("reason", "replaced"),)): 1,
-        (closed, (("reason", "lifetime"),)): 17,
-        (closed, (("reason", "shutdown"),)): 18,
-        (closed, (("reason", "signed_out"),)): 20,
-        (closed, (("reason", "session_expired"),)): 21,
-        ("alarms_stalled_aborted_total", ()): 16,
-    }
+        # ... and, for what needs a stream view, the ASGI wrapper or time, distinct
+        # numbers, so that a series reading the wrong one is caught.
+        counted = {
+            "events": 11,
+            "resumes": 12,
+            "resumes_snapshot": 13,
+            "reads": 14,
+            "notifications": 15,
+            "aborted_stalled": 16,
+            "closed_lifetime": 17,
+            "closed_shutdown": 18,
+            "delivered": 19,
+            "closed_signed_out": 20,
+            "closed_session_expired": 21,
+            "reauthorised": 22,
+        }
+        for name, value in counted.items():
+            setattr(broker.counters, name, value)
+        broker.timings.read_seconds, broker.timings.fan_out_seconds = 2.5, 0.5
+        broker.timings.lag_seconds = 1.25
+        broker.shutting_down = True  # refuses new streams as a full process does
+        with pytest.raises(BrokerFull):
+            subscribe(broker)
+        broker.shutting_down = False
+
+        closed = "alarms_streams_closed_total"
+        refused = "alarms_streams_refused_total"
+        found = metric_samples(await scrape())
+        listener = found.pop(("alarms_listener_up", ()), None)
+        assert listener == (1 if isinstance(broker, PostgresBroker) else None)
+        assert found == {
+            ("alarms_streams_open", ()): 2,
+            ("alarms_streams_max", ()): 7,
+            ("alarms_users_streaming", ()): 1,
+            ("alarms_broker_running", ()): 1,
+            ("alarms_alarms_current", ()): 3,
+            ("alarms_journal_position", ()): latest,
+            ("alarms_broker_lag_seconds", ()): 1.25,
+            ("alarms_journal_read_seconds_total", ()): 2.5,
+            ("alarms_fan_out_seconds_total", ()): 0.5,
+            ("alarms_connects_total", ()): 4,
+            ("alarms_resumes_total", ()): 12,
+            ("alarms_resumes_snapshot_total", ()): 13,
+            (refused, (("reason", "full"),)): 1,
+            (refused, (("reason", "address"),)): 1,
+            ("alarms_events_total", ()): 11,
+            ("alarms_events_delivered_total", ()): 19,
+            ("alarms_reads_total", ()): 14,
+            ("alarms_notifications_total", ()): 15,
+            ("alarms_users_reauthorised_total", ()): 22,
+            (closed, (("reason", "slow"),)): 1,
+            (closed, (("reason", "replaced"),)): 1,
+            (closed, (("reason", "lifetime"),)): 17,
+            (closed, (("reason", "shutdown"),)): 18,
+            (closed, (("reason", "signed_out"),)): 20,
+            (closed, (("reason", "session_expired"),)): 21,
+            ("alarms_stalled_aborted_total", ()): 16,
+        }
+
+    run(
+        test,
+        QUEUE_SIZE=2,
+        MAX_STREAMS=7,
+        MAX_STREAMS_PER_USER=1,
+        MAX_STREAMS_PER_ADDRESS=1,
+    )
+
+
+# -- a fresh process -----------------------------------------------------------------
+
+
+def test_a_fresh_process_reports_its_real_state(run: Runner) -> None:
+    # Written before this process's broker exists, as by another process.
+    api.send_alarm(en("Live"), audience="everyone")
+    api.send_alarm(en("Scheduled"), audience="everyone", publish_at=ahead(hours=1))
+    latest = AlarmChange.objects.order_by("-id")[0].pk
+    assert latest > 0
+
+    async def test() -> None:
+        assert broker_module._broker is None  # no stream has started one
+        found = metric_samples(await scrape())
+        assert found[("alarms_broker_running", ())] == 1
+        assert found[("alarms_journal_position", ())] == latest  # not a 0
+        assert found[("alarms_alarms_current", ())] == 2
+        assert found[("alarms_streams_open", ())] == 0
+        # No read has found rows yet: no lag, rather than a lag of 0.
+        assert ("alarms_broker_lag_seconds", ()) not in found
+
+    run(test)
+
+
+def test_a_broker_that_cannot_start_says_so(run: Runner) -> None:
+    def fail(self: Any) -> None:
+        raise RuntimeError("no journal table")
+
+    async def test() -> None:
+        broker = broker_module.get_broker()
+        broker.reads.everything = fail.__get__(broker.reads)  # type: ignore[method-assign]
+        found = metric_samples(await scrape())
+        assert found[("alarms_broker_running", ())] == 0
+        # What only a running broker knows is left out, not reported as 0.
+        assert ("alarms_journal_position", ()) not in found
+        assert ("alarms_alarms_current", ()) not in found
+        assert found[("alarms_streams_open", ())] == 0  # that 0 is true
+        assert found[("alarms_streams_max", ())] == 20000
+
+    run(test)
+
+
+def test_the_listener_is_up_or_absent(run: Runner) -> None:
+    async def test() -> None:
+        found = metric_samples(await scrape())
+        broker = broker_module.get_broker()
+        if connection.vendor != "postgresql":
+            # MemoryBroker has no listener: no series, so no alert on it.
+            assert ("alarms_listener_up", ()) not in found
+            return
+        assert isinstance(broker, PostgresBroker)
+        assert found[("alarms_listener_up", ())] == 1
+        broker.listening.clear()  # as when its connection is lost
+        assert metric_samples(await scrape())[("alarms_listener_up", ())] == 0
+
+    run(test)

@@ -248,8 +248,9 @@ class BaseBroker:
         rows, loaded, newest = await self.read_db(self.reads.changes, self.head)
         self.counters.reads += 1
         read = time.perf_counter()
+        self.timings.read_seconds += read - started
         if newest is not None:
-            self.timings.lag_s = max(0.0, (timezone.now() - newest).total_seconds())
+            self.timings.lag_seconds = max(0.0, (timezone.now() - newest).total_seconds())
         if rows and self.subscribers:
             self._collector.hold(self.loop, float(self.config["GC_PAUSE"]))
         while True:
@@ -262,8 +263,7 @@ class BaseBroker:
         self._tick()
         if rows:
             done = time.perf_counter()
-            self.timings.read_ms = (read - started) * 1000
-            self.timings.fan_out_ms = (done - read) * 1000
+            self.timings.fan_out_seconds += done - read
             logger.info(
                 "journal #%d: %d rows read in %.1f ms, queued to %d streams in %.1f ms",
                 self.head,

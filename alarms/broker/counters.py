@@ -74,9 +74,17 @@ class Counters:
 
 @dataclass(slots=True)
 class Timings:
-    """How long the broker's last journal read took, and how late it was."""
+    """Where the broker's time goes, in seconds (Prometheus's unit).
 
-    read_ms: float = 0.0
-    fan_out_ms: float = 0.0
-    # From the newest journal row's insert to the broker's read of it.
-    lag_s: float = 0.0
+    The durations are sums, exposed as counters: Prometheus takes their rate,
+    and divided by the rate of ``Counters.reads`` it is the mean read over any
+    window, where a last value would show only whichever read came last.
+    """
+
+    #: Every journal read (``alarms_reads_total`` counts them).
+    read_seconds: float = 0.0
+    #: Queueing what the reads found to every stream.
+    fan_out_seconds: float = 0.0
+    #: From the newest journal row's write to its read, at the last read that
+    #: found rows; None until one has.
+    lag_seconds: float | None = None
