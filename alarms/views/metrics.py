@@ -32,7 +32,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from alarms.broker import get_broker
 from alarms.broker.base import BaseBroker
 from alarms.views.access import refusal
-from alarms.views.health import _broker as start_broker
+from alarms.views.health import start_broker
 
 # The text format generate_latest writes for names like ours (legacy-valid, so
 # no quoting): 0.0.4, which every Prometheus reads.
