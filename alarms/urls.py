@@ -8,6 +8,7 @@ from django.db import transaction
 from django.urls import path
 
 from alarms.cors import cors
+from alarms.hooks import alertmanager
 from alarms.views import centre, health, metrics, payloads, receipts, stream
 
 app_name = "alarms"
@@ -33,4 +34,5 @@ urlpatterns = [
     path("payloads/", cors("GET")(payloads.payloads), name="payloads"),
     path("metrics/", outside_atomic_requests(metrics.metrics), name="metrics"),
     path("health/", outside_atomic_requests(health.health), name="health"),
+    path("hooks/alertmanager/", outside_atomic_requests(alertmanager.receive), name="alertmanager"),
 ]
