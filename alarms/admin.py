@@ -9,16 +9,17 @@ from django.contrib import admin, messages
 from django.db import transaction
 from django.db.models import Count, Exists, IntegerField, OuterRef, QuerySet, Subquery
 from django.db.models.functions import Coalesce
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
-from alarms import api, rules, signals
-from alarms.forms import AlarmAdminForm, AlarmTranslationFormSet, language_name
-from alarms.models import Alarm, AlarmReceipt, AlarmTranslation
+from alarms import api, rules, signals, tokens
+from alarms.forms import AlarmAdminForm, AlarmTokenForm, AlarmTranslationFormSet, language_name
+from alarms.models import Alarm, AlarmReceipt, AlarmToken, AlarmTranslation
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
@@ -365,3 +366,124 @@ class AlarmReceiptAdmin(_ReceiptAdminBase):
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+
+# -- API tokens -------------------------------------------------------------------
+
+if TYPE_CHECKING:
+    _TokenAdminBase = admin.ModelAdmin[AlarmToken]
+else:
+    _TokenAdminBase = admin.ModelAdmin
+
+
+@admin.register(AlarmToken)
+class AlarmTokenAdmin(_TokenAdminBase):
+    """Tokens of the HTTP API and the webhooks. A new token's secret is shown once,
+    on the page after the add form, and never again: only its digest is stored,
+    and the digest is never shown."""
+
+    form = AlarmTokenForm
+    list_display = (
+        "name",
+        "prefix_display",
+        "scopes",
+        "audience",
+        "last_used_at",
+        "expires_at",
+        "revoked_at",
+    )
+    list_filter = (("revoked_at", admin.EmptyFieldListFilter), "audience")
+    search_fields = ("name", "prefix")
+    filter_horizontal = ("groups",)
+    actions = ("revoke",)
+    readonly_fields = ("prefix_display", "last_used_at", "revoked_at", "created_by", "created_at")
+    fieldsets = (
+        (None, {"fields": ("name", "scopes", "expires_at")}),
+        (
+            _("Defaults for the alarms it sends"),
+            {"fields": ("audience", "groups", "storm_limit")},
+        ),
+        (
+            _("History"),
+            {
+                "fields": (
+                    "prefix_display",
+                    "last_used_at",
+                    "revoked_at",
+                    "created_by",
+                    "created_at",
+                )
+            },
+        ),
+    )
+
+    @admin.display(description=_("prefix"), ordering="prefix")
+    def prefix_display(self, obj: AlarmToken) -> str:
+        return f"{obj.prefix}…" if obj.prefix else ""
+
+    def get_fieldsets(self, request: HttpRequest, obj: AlarmToken | None = None) -> Any:
+        # A token being made has no history yet.
+        return self.fieldsets if obj is not None else self.fieldsets[:2]
+
+    def save_form(self, request: HttpRequest, form: Any, change: bool) -> AlarmToken:
+        if change:
+            return cast(AlarmToken, super().save_form(request, form, change))
+        data = form.cleaned_data
+        token, secret = tokens.create_token(
+            data["name"],
+            scopes=data["scopes"].split(),
+            audience=data["audience"],
+            groups=data["groups"],
+            storm_limit=data["storm_limit"],
+            expires_at=data["expires_at"],
+            created_by=request.user,
+        )
+        form.instance = token
+        # For response_add, and nowhere else: never stored, never logged.
+        token._alarms_secret = secret  # type: ignore[attr-defined]
+        return token
+
+    def save_model(self, request: HttpRequest, obj: AlarmToken, form: Any, change: bool) -> None:
+        if change:  # a new token was saved by create_token
+            super().save_model(request, obj, form, change)
+
+    def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
+        if change:  # a new token's groups were set by create_token
+            super().save_related(request, form, formsets, change)
+
+    def response_add(
+        self, request: HttpRequest, obj: AlarmToken, post_url_continue: str | None = None
+    ) -> HttpResponse:
+        secret = getattr(obj, "_alarms_secret", None)
+        if secret is None:
+            return super().response_add(request, obj, post_url_continue)
+        # A page of its own rather than a message: messages are stored (in a cookie
+        # or the session) until shown, and the secret must not be. The admin's views
+        # are never cached.
+        return TemplateResponse(
+            request,
+            "alarms/admin/token_created.html",
+            {
+                **self.admin_site.each_context(request),
+                "opts": self.opts,
+                "title": _("Token “%(name)s” created") % {"name": obj.name},
+                "token": obj,
+                "secret": secret,
+            },
+        )
+
+    @admin.action(description=_("Revoke: refuse from the next request on"), permissions=("change",))
+    def revoke(self, request: HttpRequest, queryset: QuerySet[AlarmToken]) -> None:
+        revoked = [token for token in queryset if token.revoked_at is None]
+        for token in revoked:
+            tokens.revoke(token)
+        self.message_user(
+            request,
+            ngettext(
+                "Revoked %(count)d token: it is refused from now on.",
+                "Revoked %(count)d tokens: they are refused from now on.",
+                len(revoked),
+            )
+            % {"count": len(revoked)},
+            messages.SUCCESS,
+        )

@@ -7,17 +7,20 @@ and ``dismiss`` records the dismissals itself.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections import defaultdict
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, router, transaction
 from django.db.models import QuerySet
 from django.utils import timezone
+from django.utils.translation import get_language
 
 from alarms import journal, signals, storm
 from alarms.models import (
@@ -29,11 +32,12 @@ from alarms.models import (
     Level,
 )
 from alarms.rules import MAX_EXTERNAL_ID, MAX_MESSAGE, MAX_TITLE, MAX_URL
-from alarms.translation import default_language
+from alarms.translation import choose_language, default_language, supported_language
 from alarms.validators import is_safe_link, validate_storable_text
 
 __all__ = [
     "AlarmEnded",
+    "InvalidAlarm",
     "Published",
     "delete_alarms",
     "dismiss",
@@ -42,6 +46,22 @@ __all__ = [
     "send_alarm",
     "withdraw",
 ]
+
+
+# The times an alarm may have: storm control looks a window either side of them,
+# which must stay within what a datetime can hold.
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(9000, 1, 1, tzinfo=UTC)
+
+
+class InvalidAlarm(ValueError):
+    """A send :func:`publish` refuses, and which part of it: ``field`` is the path to
+    that part (``("translations", "fr", "title")``, ``("groups", 1)``), ``()`` for
+    the send as a whole. ``str()`` is the readable message."""
+
+    def __init__(self, message: str, *, field: tuple[str | int, ...] = ()) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class AlarmEnded(ValueError):
@@ -73,8 +93,10 @@ def send_alarm(
 
     ``translations`` maps a language code of ``settings.LANGUAGES`` to
     ``{"title": ..., "message": ...}``; the ``LANGUAGE_CODE`` one is required.
-    ``audience`` defaults to "selected" when users or groups are given, else to
-    "authenticated". Raises ``ValueError`` with a readable message on bad input, and
+    ``users`` are users, their primary keys, or their usernames; ``groups`` groups
+    or their names. ``audience`` defaults to "selected" when users or groups are
+    given, else to "authenticated". Raises :class:`InvalidAlarm` (a ``ValueError``
+    that names the field) with a readable message on bad input, and
     ``alarms.storm.StormLimitExceeded`` (a ``ValueError``) when the audience already
     had ``ALARMS["STORM_LIMIT"]`` alarms within ``ALARMS["STORM_WINDOW"]`` seconds.
     """
@@ -117,8 +139,8 @@ def publish(
     limit too. ``dry_run`` checks everything, storm control included, and writes
     nothing. Signals (``alarms.signals``) follow the commit.
     """
-    users = list(users)
-    group_list = [_group(g) for g in groups]
+    users = _users(users)
+    group_list = [_group(g, i) for i, g in enumerate(groups)]
     if audience is None:
         if users or group_list:
             audience = Audience.SELECTED
@@ -129,29 +151,40 @@ def publish(
         else:
             audience = Audience.AUTHENTICATED
     if level not in Level.values:
-        raise ValueError(f"Unknown level {level!r}: choose one of {', '.join(Level.values)}.")
+        raise InvalidAlarm(
+            f"Unknown level {level!r}: choose one of {', '.join(Level.values)}.", field=("level",)
+        )
     if audience not in Audience.values:
-        raise ValueError(
-            f"Unknown audience {audience!r}: choose one of {', '.join(Audience.values)}."
+        raise InvalidAlarm(
+            f"Unknown audience {audience!r}: choose one of {', '.join(Audience.values)}.",
+            field=("audience",),
         )
     if (users or group_list) and audience != Audience.SELECTED:
-        raise ValueError('Users and groups can only be given with the audience "selected".')
+        raise InvalidAlarm(
+            'Users and groups can only be given with the audience "selected".',
+            field=("audience",),
+        )
     if audience == Audience.SELECTED and not (users or group_list):
-        raise ValueError('The audience "selected" needs at least one user or group.')
+        raise InvalidAlarm(
+            'The audience "selected" needs at least one user or group.', field=("audience",)
+        )
     if len(url) > MAX_URL:
-        raise ValueError(f"The link is longer than {MAX_URL} characters.")
+        raise InvalidAlarm(f"The link is longer than {MAX_URL} characters.", field=("url",))
     if url and not is_safe_link(url):
-        raise ValueError(f"Unsafe link {url!r}: use http(s):// or a path starting with '/'.")
+        raise InvalidAlarm(
+            f"Unsafe link {url!r}: use http(s):// or a path starting with '/'.", field=("url",)
+        )
     if external_id is not None:
         external_id = external_id.strip()
         if not external_id or len(external_id) > MAX_EXTERNAL_ID:
-            raise ValueError(f"The external id must be 1 to {MAX_EXTERNAL_ID} characters.")
-        validate_storable_text_or_raise("external id", external_id)
+            raise InvalidAlarm(
+                f"The external id must be 1 to {MAX_EXTERNAL_ID} characters.",
+                field=("external_id",),
+            )
+        validate_storable_text_or_raise("external id", external_id, field=("external_id",))
     cleaned = _clean_translations(translations)
-    if timezone.is_naive(publish_at or timezone.now()) or (
-        expires_at and timezone.is_naive(expires_at)
-    ):
-        raise ValueError("publish_at and expires_at must be timezone-aware.")
+    _check_time("publish_at", publish_at)
+    _check_time("expires_at", expires_at)
 
     # Where the alarm is written, so where its journal row goes (ALARMS["DATABASE"]
     # is only where the brokers read and listen).
@@ -227,7 +260,7 @@ def _create(
     using: str,
 ) -> Published:
     if expires_at is not None and expires_at <= publish_at:
-        raise ValueError("expires_at must be after publish_at.")
+        raise InvalidAlarm("expires_at must be after publish_at.", field=("expires_at",))
     # The storm check and the insert in one transaction: check() takes a lock that
     # keeps a concurrent sender from counting before this alarm is committed.
     storm.check(
@@ -281,7 +314,7 @@ def _update(
         )
     publish_at = publish_at or alarm.publish_at
     if expires_at is not None and expires_at <= publish_at:
-        raise ValueError("expires_at must be after publish_at.")
+        raise InvalidAlarm("expires_at must be after publish_at.", field=("expires_at",))
     user_ids = {getattr(u, "pk", u) for u in users}
     group_ids = {g.pk for g in groups}
     old_users = set(alarm.users.values_list("pk", flat=True))
@@ -341,13 +374,48 @@ def _update(
     return Published(alarm, created=False, changed=True)
 
 
-def _group(group: Group | str) -> Group:
+def _check_time(name: str, value: datetime | None) -> None:
+    if value is None:
+        return
+    if timezone.is_naive(value):
+        raise InvalidAlarm("publish_at and expires_at must be timezone-aware.", field=(name,))
+    try:
+        in_range = EARLIEST <= value.astimezone(UTC) < LATEST
+    except OverflowError:  # a time at the very edge whose offset takes it past the edge
+        in_range = False
+    if not in_range:
+        raise InvalidAlarm(
+            f"{name} must be from {EARLIEST.date()} to before {LATEST.date()} (UTC).",
+            field=(name,),
+        )
+
+
+def _users(users: Iterable[Any]) -> list[Any]:
+    """Users as given, with usernames (``str``) looked up; an unknown one is refused."""
+    given = list(users)
+    names = [u for u in given if isinstance(u, str)]
+    if not names:
+        return given
+    User = get_user_model()
+    field = User.USERNAME_FIELD
+    for i, u in enumerate(given):
+        if isinstance(u, str):
+            validate_storable_text_or_raise("username", u, field=("users", i))
+    found = {getattr(u, field): u for u in User.objects.filter(**{f"{field}__in": names})}
+    for i, u in enumerate(given):
+        if isinstance(u, str) and u not in found:
+            raise InvalidAlarm(f"Unknown user {u!r}.", field=("users", i))
+    return [found[u] if isinstance(u, str) else u for u in given]
+
+
+def _group(group: Group | str, index: int = 0) -> Group:
     if isinstance(group, Group):
         return group
+    validate_storable_text_or_raise("group", group, field=("groups", index))
     try:
         return Group.objects.get(name=group)
     except Group.DoesNotExist:
-        raise ValueError(f"Unknown group {group!r}.") from None
+        raise InvalidAlarm(f"Unknown group {group!r}.", field=("groups", index)) from None
 
 
 def _clean_translations(
@@ -357,37 +425,54 @@ def _clean_translations(
     cleaned: dict[str, dict[str, str]] = {}
     for code, text in translations.items():
         lang = known.get(str(code).lower())
+        at = ("translations", str(code))
         if lang is None:
-            raise ValueError(
-                f"Unknown language {code!r}: this site speaks {', '.join(known.values())}."
+            raise InvalidAlarm(
+                f"Unknown language {code!r}: this site speaks {', '.join(known.values())}.",
+                field=at,
             )
         if lang in cleaned:
-            raise ValueError(f"Language {lang!r} is given twice.")
+            raise InvalidAlarm(f"Language {lang!r} is given twice.", field=at)
         title = str(text.get("title", "")).strip()
         message = str(text.get("message", "")).strip()
         if not title or not message:
-            raise ValueError(f"The {lang!r} translation needs both a title and a message.")
+            raise InvalidAlarm(
+                f"The {lang!r} translation needs both a title and a message.",
+                field=(*at, "message" if title else "title"),
+            )
         if len(title) > MAX_TITLE:
-            raise ValueError(f"The {lang!r} title is longer than {MAX_TITLE} characters.")
+            raise InvalidAlarm(
+                f"The {lang!r} title is longer than {MAX_TITLE} characters.", field=(*at, "title")
+            )
         if len(message) > MAX_MESSAGE:
-            raise ValueError(f"The {lang!r} message is longer than {MAX_MESSAGE} characters.")
+            raise InvalidAlarm(
+                f"The {lang!r} message is longer than {MAX_MESSAGE} characters.",
+                field=(*at, "message"),
+            )
         for part, value in (("title", title), ("message", message)):
             try:
                 validate_storable_text(value)
             except ValidationError as exc:
-                raise ValueError(f"The {lang!r} {part}: {exc.messages[0]}") from None
+                raise InvalidAlarm(
+                    f"The {lang!r} {part}: {exc.messages[0]}", field=(*at, part)
+                ) from None
         cleaned[lang] = {"title": title, "message": message}
     default = default_language()
     if default not in cleaned:
-        raise ValueError(f"A translation in the default language {default!r} is required.")
+        raise InvalidAlarm(
+            f"A translation in the default language {default!r} is required.",
+            field=("translations",),
+        )
     return cleaned
 
 
-def validate_storable_text_or_raise(what: str, value: str) -> None:
+def validate_storable_text_or_raise(
+    what: str, value: str, *, field: tuple[str | int, ...] = ()
+) -> None:
     try:
         validate_storable_text(value)
     except ValidationError as exc:
-        raise ValueError(f"The {what}: {exc.messages[0]}") from None
+        raise InvalidAlarm(f"The {what}: {exc.messages[0]}", field=field) from None
 
 
 def withdraw(alarms: QuerySet[Alarm] | Iterable[Alarm]) -> int:
@@ -439,26 +524,41 @@ def delete_alarms(alarms: QuerySet[Alarm] | Iterable[Alarm]) -> int:
     return len(gone)
 
 
-def mark_seen(user: Any, alarm_ids: Iterable[int]) -> int:
+def mark_seen(user: Any, alarm_ids: Iterable[int], *, language: str | None = None) -> int:
     """Record that ``user`` was shown these alarms (the first time only).
 
     Only alarms live now and visible to ``user`` are recorded; other ids (scheduled,
     expired, withdrawn, deleted, someone else's) are ignored, not an error. Returns
     how many receipts changed.
+
+    ``language`` is the reader's language (default: the active one); a new receipt
+    records the translation of each alarm that such a reader is shown
+    (``alarms.translation.choose_language``).
     """
-    return _receipts(user, alarm_ids, "seen_at")
+    return _receipts(user, alarm_ids, "seen_at", language)
 
 
-def dismiss(user: Any, alarm_ids: Iterable[int]) -> int:
+def dismiss(user: Any, alarm_ids: Iterable[int], *, language: str | None = None) -> int:
     """Record that ``user`` dismissed these alarms; their other streams close the toasts.
 
     As ``mark_seen``: only alarms live now and visible to ``user`` are dismissed, so a
     scheduled alarm still shows when it goes live. Returns how many were dismissed.
     """
-    return _receipts(user, alarm_ids, "dismissed_at")
+    return _receipts(user, alarm_ids, "dismissed_at", language)
 
 
-def _receipts(user: Any, alarm_ids: Iterable[int], field: str) -> int:
+def _shown_languages(alarm_ids: Collection[int], language: str | None) -> dict[int, str]:
+    """The translation of each alarm a reader of ``language`` is shown (as the stream)."""
+    wanted = supported_language(language or get_language())
+    codes: dict[int, list[str]] = defaultdict(list)
+    for alarm_id, code in AlarmTranslation.objects.filter(alarm_id__in=alarm_ids).values_list(
+        "alarm_id", "language_code"
+    ):
+        codes[alarm_id].append(code)
+    return {i: choose_language(wanted, codes[i]) or "" for i in alarm_ids}
+
+
+def _receipts(user: Any, alarm_ids: Iterable[int], field: str, language: str | None) -> int:
     if not getattr(user, "is_authenticated", False):
         return 0
     now = timezone.now()
@@ -475,7 +575,11 @@ def _receipts(user: Any, alarm_ids: Iterable[int], field: str) -> int:
             r.alarm_id: r
             for r in AlarmReceipt.objects.select_for_update().filter(user=user, alarm_id__in=ids)
         }
-        new = [AlarmReceipt(user=user, alarm_id=i, **{field: now}) for i in ids - set(existing)]
+        fresh = ids - set(existing)
+        shown = _shown_languages(fresh, language) if fresh else {}
+        new = [
+            AlarmReceipt(user=user, alarm_id=i, language=shown[i], **{field: now}) for i in fresh
+        ]
         AlarmReceipt.objects.bulk_create(new, ignore_conflicts=True)
         stale = [r for r in existing.values() if getattr(r, field) is None]
         for r in stale:

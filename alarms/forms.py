@@ -8,20 +8,22 @@ from django import forms
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.forms.models import BaseInlineFormSet
+from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from alarms import storm
-from alarms.models import Alarm, AlarmTranslation, Audience
+from alarms.models import Alarm, AlarmToken, AlarmTranslation, Audience, TokenScope
 from alarms.translation import default_language
 
 if TYPE_CHECKING:
     # Django's form classes take no type parameters at run time; the stubs' do.
     _AlarmFormBase = forms.ModelForm[Alarm]
+    _TokenFormBase = forms.ModelForm[AlarmToken]
     _TranslationFormSetBase = BaseInlineFormSet[
         AlarmTranslation, Alarm, forms.ModelForm[AlarmTranslation]
     ]
 else:
-    _AlarmFormBase = forms.ModelForm
+    _AlarmFormBase = _TokenFormBase = forms.ModelForm
     _TranslationFormSetBase = BaseInlineFormSet
 
 
@@ -171,3 +173,48 @@ class AlarmTranslationFormSet(_TranslationFormSetBase):
         if errors:
             raise ValidationError(errors)
         super().clean()
+
+
+class AlarmTokenForm(_TokenFormBase):
+    """An API token: its scopes as checkboxes. The admin makes a new one with
+    ``alarms.tokens.create_token``, which draws the secret."""
+
+    scopes = forms.MultipleChoiceField(
+        label=_("scopes"),
+        choices=TokenScope.choices,
+        widget=forms.CheckboxSelectMultiple,
+        initial=[TokenScope.PUBLISH],
+    )
+
+    class Meta:
+        model = AlarmToken
+        fields = ("name", "scopes", "audience", "groups", "storm_limit", "expires_at")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.instance.pk is not None:
+            self.initial["scopes"] = self.instance.scopes.split()
+
+    def clean_scopes(self) -> str:
+        # The model keeps them space-separated.
+        return " ".join(sorted(set(self.cleaned_data["scopes"])))
+
+    def clean_expires_at(self) -> Any:
+        expires_at = self.cleaned_data.get("expires_at")
+        changed = "expires_at" in self.changed_data
+        if changed and expires_at is not None and expires_at <= timezone.now():
+            raise ValidationError(_("Choose a time in the future."), code="expired")
+        return expires_at
+
+    def clean(self) -> dict[str, Any]:
+        super().clean()
+        cleaned = self.cleaned_data
+        if cleaned.get("audience") == Audience.SELECTED and not cleaned.get("groups"):
+            self.add_error(
+                "groups",
+                _(
+                    "Choose at least one group for the default audience "
+                    "“Selected users and groups”."
+                ),
+            )
+        return cleaned

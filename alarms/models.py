@@ -269,6 +269,12 @@ class AlarmReceipt(models.Model):
     )
     seen_at = models.DateTimeField(_("seen at"), null=True, blank=True)
     dismissed_at = models.DateTimeField(_("dismissed at"), null=True, blank=True)
+    # The translation the user was shown (a code of LANGUAGES), recorded when the
+    # receipt is first written: the HTTP API counts receipts per language. Blank
+    # for receipts written before it was recorded.
+    language = models.CharField(
+        _("language"), max_length=rules.MAX_LANGUAGE_CODE, blank=True, default=""
+    )
 
     class Meta:
         verbose_name = _("receipt")

@@ -9,6 +9,7 @@ from django.urls import path
 
 from alarms.cors import cors
 from alarms.hooks import alertmanager
+from alarms.http_api.urls import api as http_api
 from alarms.views import centre, health, metrics, payloads, receipts, stream
 
 app_name = "alarms"
@@ -35,4 +36,5 @@ urlpatterns = [
     path("metrics/", outside_atomic_requests(metrics.metrics), name="metrics"),
     path("health/", outside_atomic_requests(health.health), name="health"),
     path("hooks/alertmanager/", outside_atomic_requests(alertmanager.receive), name="alertmanager"),
+    path("api/v1/", http_api.urls),
 ]

@@ -285,6 +285,7 @@ def test_receipts_for_anonymous_visitors_are_not_recorded() -> None:
 def test_public_api() -> None:
     assert sorted(api.__all__) == [
         "AlarmEnded",
+        "InvalidAlarm",
         "Published",
         "delete_alarms",
         "dismiss",

@@ -178,3 +178,75 @@ def test_only_live_alarms_the_user_may_see_are_recorded(
     # A second time changes nothing, and journals nothing.
     assert post_json(client, action, [*ignored, live.pk]).json() == {"updated": 0}
     assert len(dismissals()) == (action == "dismiss")
+
+
+# -- the language a receipt records ---------------------------------------------------
+
+
+def post_language(
+    client: Client, action: str, ids: list[int], language: Any, **headers: str
+) -> Any:
+    body = {"ids": ids} if language is None else {"ids": ids, "language": language}
+    return client.post(
+        reverse(f"alarms:{action}"),
+        json.dumps(body),
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+def languages() -> dict[int, str]:
+    return dict(AlarmReceipt.objects.values_list("alarm_id", "language"))
+
+
+@pytest.mark.parametrize("action", ACTIONS)
+def test_a_receipt_records_the_language_the_toast_was_shown_in(
+    client: Client, reader: Any, action: str
+) -> None:
+    both, english = make_alarm(("en", "ko")), make_alarm(("en",))
+
+    response = post_language(client, action, [both.pk, english.pk], "ko")
+
+    assert response.json() == {"updated": 2}
+    # An alarm without Korean was shown to this reader in the default language.
+    assert languages() == {both.pk: "ko", english.pk: "en"}
+
+
+@pytest.mark.parametrize(
+    ("sent", "recorded"),
+    [
+        (None, "ja"),
+        ("xx", "ja"),
+        ("", "ja"),
+        (7, "ja"),
+        (["ko"], "ja"),
+        ("KO", "ko"),
+        ("ko_KR", "ko"),
+    ],
+)
+def test_without_a_language_the_site_speaks_the_requests_counts(
+    client: Client, reader: Any, sent: Any, recorded: str
+) -> None:
+    alarm = make_alarm(("en", "ko", "ja"))
+
+    post_language(client, "seen", [alarm.pk], sent, **{"Accept-Language": "ja"})
+
+    assert languages() == {alarm.pk: recorded}
+
+
+def test_a_form_post_may_name_the_language_too(client: Client, reader: Any) -> None:
+    alarm = make_alarm(("en", "ar"))
+
+    client.post(reverse("alarms:dismiss"), {"ids": [alarm.pk], "language": "ar"})
+
+    assert languages() == {alarm.pk: "ar"}
+
+
+def test_the_language_is_the_one_of_the_first_receipt(client: Client, reader: Any) -> None:
+    alarm = make_alarm(("en", "ko"))
+    post_language(client, "seen", [alarm.pk], "ko")
+
+    post_language(client, "dismiss", [alarm.pk], "en")
+
+    receipt = AlarmReceipt.objects.get()
+    assert (receipt.language, receipt.dismissed_at is not None) == ("ko", True)

@@ -120,7 +120,7 @@ class Client {
       // than BroadcastChannel does, so they could not tell it was done.
       this.seenIds.add(data.id);
       if (this.config.authenticated) {
-        this.seenOutbox.add(data.id, SEEN_DELAY);
+        this.seenOutbox.add(data.id, SEEN_DELAY, data.language);
       }
     }
     this.channel.post({
@@ -292,11 +292,12 @@ class Client {
   }
 
   dismissByUser(id) {
+    const shown = this.known.get(id);
     this.dismissedIds.add(id);
     this.forget(id);
     this.channel.post({ type: "dismiss", id: id });
     if (this.config.authenticated) {
-      this.dismissOutbox.add(id, 0);
+      this.dismissOutbox.add(id, 0, shown && shown.language);
     }
     emit("alarms:dismissed", { id: id, source: "user" });
   }

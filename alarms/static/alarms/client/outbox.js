@@ -19,18 +19,23 @@ function csrfToken(config) {
   return config.csrfToken;
 }
 
-// POSTs {ids} as JSON; resolves true when done with them (sent, or refused
-// for good), false when worth another try.
-function postIds(config, url, ids, keepalive) {
+// POSTs {ids, language} as JSON; resolves true when done with them (sent, or
+// refused for good), false when worth another try.
+function postIds(config, url, ids, language, keepalive) {
   if (!url || !ids.length || !window.fetch) {
     return Promise.resolve(true);
+  }
+  const body = { ids: ids.slice(0, BATCH) };
+  if (language) {
+    // The language the toasts were shown in: the server counts receipts per language.
+    body.language = language;
   }
   const request = {
     method: "POST",
     credentials: "same-origin",
     keepalive: !!keepalive,
     headers: { "Content-Type": "application/json", "X-CSRFToken": csrfToken(config) },
-    body: JSON.stringify({ ids: ids.slice(0, BATCH) })
+    body: JSON.stringify(body)
   };
   if (isCrossOrigin(url)) {
     // The session cookie goes along by CORS. No CSRF token: this page cannot
@@ -60,22 +65,39 @@ function postIds(config, url, ids, keepalive) {
   );
 }
 
-// Ids waiting to be POSTed (receipts: seen, dismissed); retried with backoff
-// while the server is away, and given up after MAX_FAILURES tries in a row.
+// Ids waiting to be POSTed (receipts: seen, dismissed), each with the language
+// its toast was shown in; retried with backoff while the server is away, and
+// given up after MAX_FAILURES tries in a row.
 export class Outbox {
   constructor(config, url) {
     this.config = config;
     this.url = url;
     this.ids = [];
+    this.languages = new Map(); // id -> language
     this.timer = null;
     this.failures = 0;
   }
 
-  add(id, delay) {
+  add(id, delay, language) {
     if (this.ids.indexOf(id) === -1) {
       this.ids.push(id);
+      this.languages.set(id, typeof language === "string" ? language : "");
     }
     this.schedule(delay);
+  }
+
+  // The next batch: the oldest id and the others of its language, up to BATCH.
+  take() {
+    const language = this.languages.get(this.ids[0]) || "";
+    const batch = [];
+    this.ids = this.ids.filter((id) => {
+      if (batch.length < BATCH && (this.languages.get(id) || "") === language) {
+        batch.push(id);
+        return false;
+      }
+      return true;
+    });
+    return { ids: batch, language: language };
   }
 
   schedule(delay) {
@@ -89,12 +111,14 @@ export class Outbox {
 
   // keepalive: the page is going away, and the request must outlive it.
   flush(keepalive) {
-    const batch = this.ids.splice(0, BATCH);
-    if (!batch.length) {
+    if (!this.ids.length) {
       return;
     }
-    postIds(this.config, this.url, batch, keepalive).then((ok) => {
+    const taken = this.take();
+    const batch = taken.ids;
+    postIds(this.config, this.url, batch, taken.language, keepalive).then((ok) => {
       if (ok) {
+        batch.forEach((id) => this.languages.delete(id));
         this.failures = 0;
         if (this.ids.length) {
           this.schedule(0);
