@@ -198,6 +198,29 @@ def test_the_header_and_the_body_key_must_agree(sender: Sender) -> None:
     ("where", "loc"),
     [("header", ["header", "Idempotency-Key"]), ("body", ["body", "external_id"])],
 )
+def test_the_webhooks_keys_are_not_the_apis(sender: Sender, where: str, loc: list[str]) -> None:
+    key = "alertmanager:3f2a:2030-01-01T00:00:00.000000+00:00"
+    incident = make_alarm(external_id=key)
+    body: dict[str, Any] = {"translations": text("en", title="Hijacked")}
+    headers = {}
+    if where == "header":
+        headers["Idempotency-Key"] = key
+    else:
+        body["external_id"] = key
+
+    response = sender.publish(body, **headers)
+
+    assert response.status_code == 422
+    error = the_error(response)
+    assert (error["loc"], error["type"]) == (loc, "reserved_key")
+    assert Alarm.objects.get() == incident
+    assert incident.translations.get().title != "Hijacked"
+
+
+@pytest.mark.parametrize(
+    ("where", "loc"),
+    [("header", ["header", "Idempotency-Key"]), ("body", ["body", "external_id"])],
+)
 def test_a_key_that_names_a_withdrawn_alarm_is_a_409(
     sender: Sender, where: str, loc: list[str]
 ) -> None:

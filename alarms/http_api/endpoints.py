@@ -20,6 +20,7 @@ from ninja.params.functions import Header
 from ninja.responses import Status as Answer
 
 from alarms import api as service
+from alarms.hooks import alertmanager
 from alarms.http_api.auth import BearerToken, token_of
 from alarms.http_api.errors import ApiError
 from alarms.http_api.schemas import (
@@ -163,6 +164,15 @@ def publish(  # its body parameter is errors.BODY_PARAMETER
                 type="key_mismatch",
             )
         key, key_loc = idempotency_key, ["header", "Idempotency-Key"]
+    if key is not None and key.startswith(alertmanager.KEY_PREFIX):
+        # The webhook's keys: an API client must not update or shadow its incidents.
+        raise ApiError(
+            422,
+            f"External ids starting with {alertmanager.KEY_PREFIX!r} belong to the "
+            "Alertmanager webhook; choose another prefix (for example 'ci:').",
+            loc=key_loc,
+            type="reserved_key",
+        )
     token = token_of(request)
     try:
         published = service.publish(
