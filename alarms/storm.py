@@ -52,22 +52,48 @@ __all__ = ["StormLimitExceeded", "check", "sent_in_window"]
 class StormLimitExceeded(ValueError):
     """Sending this alarm would put more than ``STORM_LIMIT`` alarms in one window."""
 
-    def __init__(self, *, count: int, limit: int, window: float, next_at: datetime | None) -> None:
+    def __init__(
+        self,
+        *,
+        count: int,
+        limit: int,
+        window: float,
+        next_at: datetime | None,
+        token: str | None = None,
+    ) -> None:
         self.count = count
         self.limit = limit
         self.window = window
         self.next_at = next_at
+        #: The name of the token whose own limit refused the alarm; None when the
+        #: audience's limit did.
+        self.token = token
         super().__init__(self.describe())
 
     def describe(self) -> str:
         window = _seconds(self.window)
-        sent = ngettext(
-            "Storm control: %(count)d alarm to this audience is already published within "
-            "%(window)s seconds of this one, and the limit is %(limit)d.",
-            "Storm control: %(count)d alarms to this audience are already published within "
-            "%(window)s seconds of this one, and the limit is %(limit)d.",
-            self.count,
-        ) % {"count": self.count, "window": window, "limit": self.limit}
+        values = {"count": self.count, "window": window, "limit": self.limit}
+        if self.token is None:
+            sent = (
+                ngettext(
+                    "Storm control: %(count)d alarm to this audience is already published within "
+                    "%(window)s seconds of this one, and the limit is %(limit)d.",
+                    "Storm control: %(count)d alarms to this audience are already published within "
+                    "%(window)s seconds of this one, and the limit is %(limit)d.",
+                    self.count,
+                )
+                % values
+            )
+        else:
+            sent = ngettext(
+                "Storm control: %(count)d alarm sent with the token “%(token)s” is already "
+                "published within %(window)s seconds of this one, and the token's limit is "
+                "%(limit)d.",
+                "Storm control: %(count)d alarms sent with the token “%(token)s” are already "
+                "published within %(window)s seconds of this one, and the token's limit is "
+                "%(limit)d.",
+                self.count,
+            ) % {**values, "token": self.token}
         if self.next_at is None:
             when = gettext("With a limit of %(limit)d no alarm may be sent.") % {
                 "limit": self.limit
@@ -87,10 +113,13 @@ class StormLimitExceeded(ValueError):
                 ) % {"time": local, "wait": wait}
             else:
                 when = gettext("The next one may be published at %(time)s.") % {"time": local}
-        setting = gettext(
-            'To allow more, raise ALARMS["STORM_LIMIT"] or shorten ALARMS["STORM_WINDOW"] '
-            "(a STORM_LIMIT of None turns storm control off)."
-        )
+        if self.token is None:
+            setting = gettext(
+                'To allow more, raise ALARMS["STORM_LIMIT"] or shorten ALARMS["STORM_WINDOW"] '
+                "(a STORM_LIMIT of None turns storm control off)."
+            )
+        else:
+            setting = gettext("To allow more, raise the token's storm limit in the admin.")
         return f"{sent} {when} {setting}"
 
 
@@ -153,15 +182,21 @@ def check(
     at = max(publish_at, now)
     window = _window()
     _serialise(using)
-    checks: list[tuple[int, Any]] = []
+    checks: list[tuple[int, Any, str | None]] = []
     if limit is not None:
         users, groups = frozenset(user_ids), frozenset(group_ids)
         checks.append(
-            (int(limit), partial(_publications, audience, users, groups, exclude=exclude))
+            (int(limit), partial(_publications, audience, users, groups, exclude=exclude), None)
         )
     if token is not None and token_limit is not None:
-        checks.append((int(token_limit), partial(_token_publications, token.pk, exclude=exclude)))
-    for cap, publications in checks:
+        checks.append(
+            (
+                int(token_limit),
+                partial(_token_publications, token.pk, exclude=exclude),
+                token.name,
+            )
+        )
+    for cap, publications, token_name in checks:
         times = publications(after=at - window, before=at + window, using=using)
         count = _busiest(times, at, window)
         if count < cap:
@@ -174,6 +209,7 @@ def check(
             limit=cap,
             window=window.total_seconds(),
             next_at=_next_free(later, at, window, cap),
+            token=token_name,
         )
 
 

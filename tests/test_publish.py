@@ -213,8 +213,10 @@ def test_a_tokens_storm_limit_counts_its_alarms_to_every_audience(settings) -> N
     with pytest.raises(storm.StormLimitExceeded) as refused:
         api.publish(text("en"), token=token, audience=Audience.AUTHENTICATED)
 
-    assert (refused.value.count, refused.value.limit) == (2, 2)
+    assert (refused.value.count, refused.value.limit, refused.value.token) == (2, 2, "ci")
     assert refused.value.next_at is not None
+    assert "sent with the token “ci”" in str(refused.value)
+    assert "the token's storm limit" in str(refused.value)
     # Another token, and a send without one, are counted apart.
     api.publish(text("en"), token=other, audience=Audience.AUTHENTICATED)
     api.publish(text("en"), audience=Audience.AUTHENTICATED)
