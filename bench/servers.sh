@@ -27,7 +27,7 @@ app=config.asgi:application
 declare -A COMMAND=(
     [daphne]=".venv/bin/python -m daphne -b 127.0.0.1 -p 8301 $app"
     [uvicorn]=".venv/bin/python -m uvicorn --host 127.0.0.1 --port 8301 --lifespan off --no-access-log --log-level warning --backlog 4096 $app"
-    [hypercorn]=".venv/bin/python -m hypercorn --bind 127.0.0.1:8301 --backlog 4096 $app"
+    [hypercorn]=".venv/bin/python -m hypercorn --bind 127.0.0.1:8301 --workers 0 --backlog 4096 $app"
 )
 for n in "${SIZES[@]}"; do
     for server in daphne uvicorn hypercorn; do

@@ -276,7 +276,9 @@ class Server:
             # As docs/deployment.md runs it: no lifespan (Django has none to offer).
             listen = ["--host", "127.0.0.1", "--port", str(self.port), "--lifespan", "off"]
         elif self.asgi_server == "hypercorn":
-            listen = ["--bind", f"127.0.0.1:{self.port}"]
+            # --workers 0: serve in this process, not in a child that a kill of
+            # this one would leave behind (and whose memory the tests would miss).
+            listen = ["--bind", f"127.0.0.1:{self.port}", "--workers", "0"]
         else:
             listen = ["-b", "127.0.0.1", "-p", str(self.port)]
         return [sys.executable, "-m", self.asgi_server, *listen, *self.extra_args, self.application]

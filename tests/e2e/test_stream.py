@@ -408,15 +408,8 @@ def test_sigterm_ends_streams_with_a_retry_hint_and_nothing_is_lost(
         server.process.send_signal(signal.SIGTERM)
         assert stream.ends(15) == []  # a clean end of the response, not a reset or a hang
         last_id = stream.last_event_id
-    if server.asgi_server == "hypercorn":
-        # Hypercorn takes SIGTERM through the event loop's own signal handling,
-        # which a Python handler cannot stand in front of: it ends the response
-        # at once, without the hint, and the client comes back after its usual
-        # retry (docs/deployment.md). Nothing is lost either way.
-        assert "closed: shutdown" not in stream.parser.comments
-    else:
-        assert "closed: shutdown" in stream.parser.comments
-        assert stream.parser.retry <= 1000
+    assert "closed: shutdown" in stream.parser.comments
+    assert stream.parser.retry <= 1000
     server.process.wait(10)
     during = api.send_alarm(en("While down"))
     server.start()
