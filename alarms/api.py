@@ -581,6 +581,13 @@ def _receipts(user: Any, alarm_ids: Iterable[int], field: str, language: str | N
             AlarmReceipt(user=user, alarm_id=i, language=shown[i], **{field: now}) for i in fresh
         ]
         AlarmReceipt.objects.bulk_create(new, ignore_conflicts=True)
+        if fresh:
+            # A receipt another request inserted since the read above (the seen and the
+            # dismiss of one toast, posted at once) made this insert a no-op: record
+            # this request's field on that row instead of losing it.
+            AlarmReceipt.objects.filter(
+                user=user, alarm_id__in=fresh, **{f"{field}__isnull": True}
+            ).update(**{field: now})
         stale = [r for r in existing.values() if getattr(r, field) is None]
         for r in stale:
             setattr(r, field, now)

@@ -294,3 +294,28 @@ def test_public_api() -> None:
         "send_alarm",
         "withdraw",
     ]
+
+
+@pytest.mark.parametrize(("verb", "field"), [("dismiss", "dismissed_at"), ("mark_seen", "seen_at")])
+def test_a_receipt_written_meanwhile_by_another_request_keeps_this_ones_field(
+    monkeypatch: pytest.MonkeyPatch, verb: str, field: str
+) -> None:
+    """The seen and the dismiss of one toast posted at once: each request finds no
+    receipt, and the one that inserts second must not lose its field."""
+    reader = make_user("racer")
+    alarm = make_alarm()
+    other = "seen_at" if field == "dismissed_at" else "dismissed_at"
+    shown = api._shown_languages
+
+    def meanwhile(*args: Any, **kwargs: Any) -> Any:
+        # After this request's read of the receipts, before its insert.
+        AlarmReceipt.objects.create(user=reader, alarm=alarm, **{other: timezone.now()})
+        return shown(*args, **kwargs)
+
+    monkeypatch.setattr(api, "_shown_languages", meanwhile)
+
+    getattr(api, verb)(reader, [alarm.pk])
+
+    receipt = AlarmReceipt.objects.get(user=reader, alarm=alarm)
+    assert getattr(receipt, field) is not None
+    assert getattr(receipt, other) is not None
