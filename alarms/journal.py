@@ -21,13 +21,56 @@ deletes ended alarms that way on purpose), fixtures (``loaddata`` saves with
 ``alarm.translations.add(existing)`` with ``bulk=True`` (an update through Django's
 base manager: save the translation instead).
 
-Row numbers must follow commit order, or a reader that keeps "the last number
-I saw" would skip a transaction that took a lower number but committed later.
-SQLite serialises writers, so its numbers follow commit order by themselves.
-On PostgreSQL each writer takes a transaction-scoped advisory lock just before
-it inserts its row and holds it to commit, so the next number goes only to a
-transaction that starts its journal write after this one has committed. The
-lock is held from the journal insert to the commit: a few statements at most.
+Row numbers need not follow commit order, and on PostgreSQL they do not: two
+writers draw ids from the sequence, and the one with the lower id may commit
+later (or roll back). No writer waits for another. A reader that kept only
+"the last id I saw" would then skip the late row, so the reader is gap-aware
+(``alarms.broker.reads.JournalCursor``). Its position, which every stream's
+event ids and every resume are counted from, moves only over ids that are
+final. An id it does not find below one it found is a gap: the rows above it
+are held back, in id order. For each gap it asks, just after the read, which
+transactions hold a lock on the journal table (``pg_locks``): the gap's
+possible writers. A committed row fills its gap at the next read (its
+``NOTIFY`` brings one). A gap is final at a read whose own snapshot counts
+every one of its possible writers as finished: that read shows the row if it
+ever will, and if not, the id is passed over for good. A rollback sends no
+``NOTIFY``, so while a gap is pending the broker reads again on a short timer.
+
+Why that is enough. The writer that drew the missing id ``g`` took the lock on
+the journal table before its ``INSERT`` drew ``g`` (PostgreSQL locks a table
+before it runs a statement on it), and holds it until it ends. The reader
+found a higher id, drawn after ``g`` and committed before the read, so the
+lock was taken before the read. After the read the writer either still holds
+it, and is one of the gap's possible writers, or has ended, and every later
+read's snapshot shows its row if it wrote one (a transaction leaves the list
+of running ones before it lets go of its locks). A possible writer counts as
+finished for a snapshot once it is below the snapshot's ``xmax`` and not in
+its list of running transactions: then a read in that snapshot sees its rows.
+
+Two things the obvious shortcuts get wrong. The snapshot's own list of
+running transactions (``pg_snapshot_xip``) is not the gap's list of writers:
+it leaves out every transaction that took its id after the last one to end
+(at or past ``xmax``), and a writer that took its id after the one whose
+higher row was read is one of those. And ``pg_xact_status`` says "committed"
+a moment before the transaction leaves the list of running ones, when a
+snapshot still does not show its rows.
+
+The lock table names transactions by their id: each journal write first
+gives its transaction one (``SELECT pg_current_xact_id()``, see ``_write``)
+if it has none yet (a logout's session row is the first write of its
+transaction). An ``INSERT`` alone takes its id only when it stores the row,
+after it drew the row's number; asked in between, the lock table would name
+no transaction for it. The ids are drawn in order only with the sequence's
+``CACHE`` at 1 (PostgreSQL's and Django's default): with a cache, each
+connection draws from a block of its own. And only ``alarms.journal`` may
+insert journal rows, as its writes do.
+
+What this costs a reader is a held-back delivery while a lower id is open: in
+practice the milliseconds between a writer's journal insert and its commit.
+A rolled-back journal write holds the rows above it until the journal writers
+that were running when its gap was seen have ended, and at least one re-check
+(``GAP_RECHECK``). SQLite serialises writers, so its ids follow commit order
+by themselves and its reader keeps the plain "rows past my position".
 
 The ``NOTIFY`` is issued in the same transaction: it is delivered on commit,
 never on rollback, and a crash between the two is impossible.
@@ -55,7 +98,8 @@ from django.utils import timezone
 
 from alarms.conf import get_config
 
-# Arbitrary but fixed: the advisory lock key the journal writers share.
+# Arbitrary but fixed. Journal writes take no lock; storm control
+# (``alarms.storm``) serialises the sends it checks with this one.
 ADVISORY_LOCK_KEY = 0x616C61726D73  # "alarms"
 
 
@@ -146,11 +190,13 @@ def _write(rows: list[Any], using: str) -> None:
     with transaction.atomic(using=using):
         if connection.vendor == "postgresql":
             with connection.cursor() as cursor:
-                cursor.execute("SELECT pg_advisory_xact_lock(%s)", [ADVISORY_LOCK_KEY])
+                # An id for the transaction before the insert draws row ids
+                # (see above), and the NOTIFY, which PostgreSQL sends at commit
+                # wherever it stands in the transaction: one round trip.
+                cursor.execute(
+                    "SELECT pg_current_xact_id(), pg_notify(%s, '')", [get_config()["CHANNEL"]]
+                )
         AlarmChange.objects.using(using).bulk_create(rows)
-        if connection.vendor == "postgresql":
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT pg_notify(%s, '')", [get_config()["CHANNEL"]])
     # Wake this process's broker as soon as the outer transaction commits.
     transaction.on_commit(_wake_local_broker, using=using)
 

@@ -260,6 +260,8 @@ class BaseBroker:
             if len(rows) < BATCH:
                 break
             rows, loaded, _newest = await self.read_db(self.reads.changes, self.head)
+        # Past ids that will never appear as well (a rolled-back write: reads.JournalCursor).
+        self.head = max(self.head, self.reads.position)
         self._tick()
         if rows:
             done = time.perf_counter()

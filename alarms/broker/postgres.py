@@ -21,7 +21,9 @@ class PostgresBroker(BaseBroker):
     notification means a committed row. When the listening connection is lost
     the listener reconnects with backoff and wakes the broker, which reads the
     journal from its last position: nothing written meanwhile is missed. While
-    idle it makes no query at all (unless ``SAFETY_POLL_INTERVAL`` is set).
+    idle it makes no query at all (unless ``SAFETY_POLL_INTERVAL`` is set); while
+    a gap in the journal is pending it reads again every ``GAP_RECHECK`` seconds
+    or so (``alarms.broker.reads.JournalCursor``).
     """
 
     vendors = ("postgresql",)
@@ -101,11 +103,14 @@ class PostgresBroker(BaseBroker):
 
     async def wait_for_wake(self, within: float | None) -> bool:
         assert self._wake is not None
-        safety = self.config["SAFETY_POLL_INTERVAL"]
-        poll = safety is not None and (within is None or safety <= within)
+        # A read without a NOTIFY: the safety poll, if set, and while a gap in
+        # the journal is pending, its re-check (a rollback notifies nobody).
+        timers = (self.config["SAFETY_POLL_INTERVAL"], self.reads.recheck_in())
+        read_in = min((t for t in timers if t is not None), default=None)
+        poll = read_in is not None and (within is None or read_in <= within)
         try:
             # Not wait_for(): see MemoryBroker.wait_for_wake.
-            async with asyncio.timeout(safety if poll else within):
+            async with asyncio.timeout(read_in if poll else within):
                 await self._wake.wait()
         except TimeoutError:
             return poll  # a timer for the schedule needs no query

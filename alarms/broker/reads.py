@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from django.db import connections
 from django.utils import timezone
 
 from alarms.broker.cache import CachedAlarm, Viewer
@@ -15,8 +17,183 @@ from alarms.broker.sessions import active_user, session_expiry, session_user
 # A journal row as the broker reads it: id, alarm id, kind, user id, session digest.
 Row = tuple[int, int, str, int | None, str]
 
+# A journal row as read, with when it was written (for the broker's lag).
+Read = tuple[int, int, str, int | None, str, datetime]
+
 #: Rows read from the journal at once.
 BATCH = 10_000
+
+#: Seconds before the broker reads the journal again while a gap in it is
+#: pending (see :class:`JournalCursor`), doubled at each read that settles none
+#: of it, up to ``GAP_RECHECK_MAX``. A gap whose writer commits is filled by the
+#: read its NOTIFY wakes; one whose writer rolls back sends nothing, and only
+#: this timer reads again. An idle broker has no gap, and no timer.
+GAP_RECHECK = 0.025
+GAP_RECHECK_MAX = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Which transactions a read's snapshot counts as finished: every one below
+    ``xmax`` but those in ``running`` (``pg_current_snapshot()``, 64-bit ids).
+    A transaction given its id after the last one to finish is at or above
+    ``xmax``, and in no list: still running for this snapshot."""
+
+    xmax: int
+    running: frozenset[int]
+
+    @classmethod
+    def parse(cls, text: str) -> Snapshot:
+        _xmin, xmax, running = text.split(":")
+        return cls(int(xmax), frozenset(int(x) for x in running.split(",") if x))
+
+    def finished(self, xid: int) -> bool:
+        # The list holds top-level ids only: a subtransaction's id counts as
+        # finished here while its transaction runs. That transaction's own id,
+        # always among a gap's writers beside it (pg_locks), keeps the gap open.
+        return xid < self.xmax and xid not in self.running
+
+    def widen(self, xid32: int) -> int:
+        """The 64-bit id of a running transaction known by its 32 bits (``pg_locks``)."""
+        d = (xid32 - self.xmax) % 2**32
+        return self.xmax + (d - 2**32 if d >= 2**31 else d)
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """Journal ids ``first`` to ``last``, missing from a read that found a higher
+    one, and the transactions that may still write them (None: not asked yet)."""
+
+    first: int
+    last: int
+    writers: frozenset[int] | None = None
+
+
+class JournalCursor:
+    """How far a broker has read a PostgreSQL journal, and what it holds back.
+
+    Journal ids are drawn in order but committed in any order (``alarms.journal``
+    says why this reading is safe, and what writers do for it). Every id up to
+    ``position`` has been delivered or will never appear; the broker's head, and
+    so every event id and every resume, stays there. Each id above it, up to
+    ``seen`` (the highest read), is *held* (read, waiting behind a gap), in a
+    pending *gap*, or final (passed over: rolled back, or a row that was in
+    the table when the broker started and so in its cache already).
+
+    Each read gives :meth:`absorb` the rows past ``seen`` and in the gaps, with
+    the read's snapshot. A gap keeps only the writers its snapshot does not
+    count as finished; with none left, what the read did not find of it is
+    final. A new gap's writers are then asked for (:meth:`adopt`): the
+    transactions holding a lock on the journal table just after the read. A
+    writer takes that lock before its insert draws an id and holds it to its
+    end, so one that is not among them had ended, and the next read's snapshot
+    shows its row if it wrote one. :meth:`deliver` hands out the held rows
+    below the first gap, in id order.
+    """
+
+    def __init__(self, position: int) -> None:
+        self.position = position
+        self.seen = position
+        self.held: dict[int, Read] = {}
+        self.gaps: list[Gap] = []
+        # Reads in a row that settled nothing (see recheck_in).
+        self.stalls = 0
+
+    @classmethod
+    def at_start(cls, top: int, present: list[int]) -> JournalCursor:
+        """The cursor of a broker whose start read found the journal up to ``top``
+        and the ids ``present`` in its last ``BATCH``.
+
+        Rows present then are in the broker's cache: passed over, not delivered.
+        A missing id may still be committed: it is a gap. Ids more than
+        ``BATCH`` below ``top`` are taken as final: a write still open, with
+        that many journal rows committed after it, is missed by a broker that
+        starts at that moment.
+        """
+        cursor = cls(top)
+        expected = max(0, top - BATCH) + 1
+        for i in [*present, top + 1]:
+            if i > expected:
+                cursor.gaps.append(Gap(expected, i - 1))
+            expected = i + 1
+        cursor.settle()
+        return cursor
+
+    @property
+    def asking(self) -> bool:
+        """Whether a gap waits for :meth:`adopt`."""
+        return any(g.writers is None for g in self.gaps)
+
+    def absorb(self, snapshot: Snapshot, found: Iterable[Read]) -> None:
+        """Take in one read: ``found``, its rows past ``seen`` and in the gaps, and
+        the ``snapshot`` it was read in."""
+        rows = {row[0]: row for row in found}
+        ids = sorted(rows)
+        gaps: list[Gap] = []
+        settled = False
+        for gap in self.gaps:
+            inside = ids[bisect_left(ids, gap.first) : bisect_right(ids, gap.last)]
+            for i in inside:
+                self.held[i] = rows[i]
+            writers = gap.writers
+            if writers is not None:
+                writers = frozenset(x for x in writers if not snapshot.finished(x))
+                if not writers:
+                    settled = True
+                    continue  # final: what this read did not find, no later one will
+            settled = settled or bool(inside) or writers != gap.writers
+            start = gap.first
+            for i in inside:
+                if i > start:
+                    gaps.append(Gap(start, i - 1, writers))
+                start = i + 1
+            if start <= gap.last:
+                gaps.append(Gap(start, gap.last, writers))
+        expected = self.seen + 1
+        for i in ids[bisect_right(ids, self.seen) :]:
+            if i > expected:
+                gaps.append(Gap(expected, i - 1))
+                settled = True
+            self.held[i] = rows[i]
+            expected = i + 1
+        self.seen = expected - 1
+        self.gaps = gaps
+        self.stalls = 0 if settled or not gaps else self.stalls + 1
+
+    def adopt(self, snapshot: Snapshot, writers: frozenset[int]) -> None:
+        """Give the gaps not asked for yet their writers: the 32-bit ids of the
+        transactions that held a lock on the journal table after the read of
+        ``snapshot``. With none, the gap is final at the next read (not this
+        one: its writer may have committed in between)."""
+        wide = frozenset(snapshot.widen(x) for x in writers)
+        self.gaps = [g if g.writers is not None else Gap(g.first, g.last, wide) for g in self.gaps]
+
+    def deliver(self, limit: int) -> list[Read]:
+        """Up to ``limit`` held rows below the first gap, in id order; the position after them."""
+        first_gap = self.gaps[0].first if self.gaps else None
+        out: list[Read] = []
+        for i in sorted(self.held):
+            if len(out) == limit or (first_gap is not None and i > first_gap):
+                break
+            out.append(self.held.pop(i))
+        if len(out) == limit:
+            self.position = out[-1][0]
+        else:
+            self.settle()
+        return out
+
+    def settle(self) -> None:
+        """Move the position up to the first held row or gap."""
+        firsts = [self.gaps[0].first] if self.gaps else []
+        firsts += [min(self.held)] if self.held else []
+        self.position = min(firsts) - 1 if firsts else self.seen
+
+    def recheck_in(self) -> float | None:
+        """Seconds until the journal should be read again for a gap (or for rows a
+        broker's start found committed meanwhile); None when there is none."""
+        if not self.gaps and not self.held:
+            return None
+        return min(GAP_RECHECK_MAX, GAP_RECHECK * (1 << min(self.stalls, 10)))
 
 
 @dataclass
@@ -60,14 +237,34 @@ class Reads:
     def __init__(self, alias: str, config: dict[str, Any]) -> None:
         self.alias = alias
         self.config = config
+        #: How far :meth:`changes` has read: every journal row up to here has
+        #: been returned, or will never appear (the broker's head follows it).
+        self.position = 0
+        # PostgreSQL's ids do not follow commit order: there, the reads go
+        # through a cursor that knows the gaps (JournalCursor).
+        self.cursor: JournalCursor | None = None
+
+    @property
+    def gap_aware(self) -> bool:
+        return connections[self.alias].vendor == "postgresql"
 
     def everything(self) -> tuple[int, dict[int, CachedAlarm]]:
-        """The journal's last row and every current alarm (the broker's start)."""
+        """The journal's position and every current alarm (the broker's start)."""
         from alarms.models import AlarmChange
 
-        last = AlarmChange.objects.using(self.alias).order_by("-id").values_list("id", flat=True)
-        head = last.first() or 0
+        if self.gap_aware:
+            self.cursor = self._start_cursor()
+            head = self.cursor.position
+        else:
+            journal = AlarmChange.objects.using(self.alias)
+            head = journal.order_by("-id").values_list("id", flat=True).first() or 0
+        self.position = head
         return head, self.alarms(None)
+
+    def recheck_in(self) -> float | None:
+        """Seconds until the journal should be read again although nothing woke
+        the broker (a gap is pending); None when only a wake-up need bring a read."""
+        return None if self.cursor is None else self.cursor.recheck_in()
 
     def alarms(
         self, ids: Iterable[int] | None, *, current_only: bool = True
@@ -83,19 +280,109 @@ class Reads:
 
     def changes(self, head: int) -> tuple[list[Row], dict[int, CachedAlarm], datetime | None]:
         """Up to ``BATCH`` journal rows after ``head``, the alarms they changed,
-        and when the newest of them was written."""
+        and when the newest of them was written. On PostgreSQL, only rows below
+        every pending gap (see :class:`JournalCursor`); ``position`` may then move
+        past the last row returned, over ids that will never appear."""
         from alarms.models import AlarmChange
 
-        found = list(
-            AlarmChange.objects.using(self.alias)
-            .filter(id__gt=head)
-            .order_by("id")
-            .values_list("id", "alarm_id", "kind", "user_id", "session", "created_at")[:BATCH]
-        )
-        rows = [row[:5] for row in found]
-        newest = found[-1][5] if found else None
+        if self.gap_aware:
+            if self.cursor is None or self.cursor.position != head:
+                # A first read, or one after a failed fan-out: from ``head`` afresh.
+                self.cursor = JournalCursor(head)
+            self._read(self.cursor)
+            read = self.cursor.deliver(BATCH)
+            self.position = self.cursor.position
+        else:
+            read = list(
+                AlarmChange.objects.using(self.alias)
+                .filter(id__gt=head)
+                .order_by("id")
+                .values_list("id", "alarm_id", "kind", "user_id", "session", "created_at")[:BATCH]
+            )
+            self.position = read[-1][0] if read else head
+        rows = [row[:5] for row in read]
+        newest = read[-1][5] if read else None
         changed = {row[1] for row in rows if row[2] == "alarm"}
         return rows, (self.alarms(changed) if changed else {}), newest
+
+    def _start_cursor(self) -> JournalCursor:
+        """At the broker's start: the last id drawn (the sequence's, or the last
+        row's if higher) and the ids present among the last ``BATCH``, in one
+        snapshot. Its gaps then get their writers, and a read decides at once
+        those that no running writer may still fill: after a prune, or on an
+        emptied table, the start's position is then the sequence's, not 0."""
+        table, _columns = self._journal()
+        sql = (
+            "SELECT pg_current_snapshot()::text, t.top, "
+            f"ARRAY(SELECT id FROM {table} WHERE id > t.top - %s ORDER BY id) "
+            "FROM (SELECT greatest(coalesce(max(id), 0), coalesce(pg_sequence_last_value("
+            f"pg_get_serial_sequence(%s, 'id')::regclass), 0)) AS top FROM {table}) AS t"
+        )
+        with connections[self.alias].cursor() as cursor:
+            cursor.execute(sql, [BATCH, table])
+            snapshot, top, present = cursor.fetchone()
+        journal = JournalCursor.at_start(top, present)
+        if journal.gaps:
+            journal.adopt(Snapshot.parse(snapshot), self._journal_writers())
+            if any(not g.writers for g in journal.gaps):
+                self._read(journal)
+                journal.settle()
+        return journal
+
+    def _read(self, journal: JournalCursor) -> None:
+        """One read into ``journal``: the rows past ``seen`` (as many as it has room
+        to hold) and in its gaps, in one statement and so one snapshot; then,
+        for new gaps, who may still write them."""
+        table, columns = self._journal()
+        room = max(0, BATCH - len(journal.held))
+        sql = (
+            "SELECT s.snapshot, c.* FROM (SELECT pg_current_snapshot()::text AS snapshot) AS s "
+            f"LEFT JOIN ((SELECT {columns} FROM {table} WHERE id > %s ORDER BY id LIMIT %s) "
+            "UNION ALL "
+            "(SELECT g.* FROM unnest(%s::bigint[], %s::bigint[]) AS r(lo, hi), "
+            # OFFSET 0: one index range scan per gap, never a join over the table.
+            f"LATERAL (SELECT {columns} FROM {table} WHERE id BETWEEN r.lo AND r.hi OFFSET 0) AS g)"
+            ") AS c ON TRUE"
+        )
+        params: list[Any] = [
+            journal.seen,
+            room,
+            [g.first for g in journal.gaps],
+            [g.last for g in journal.gaps],
+        ]
+        with connections[self.alias].cursor() as cursor:
+            cursor.execute(sql, params)
+            result = cursor.fetchall()
+        snapshot = Snapshot.parse(result[0][0])
+        journal.absorb(snapshot, [row[1:] for row in result if row[1] is not None])
+        if journal.asking:
+            journal.adopt(snapshot, self._journal_writers())
+
+    def _journal_writers(self) -> frozenset[int]:
+        """The (32-bit) ids of the transactions holding or awaiting any lock on the
+        journal table, prepared transactions included (they hold their locks
+        under a virtual transaction of their own, with no pid)."""
+        table, _columns = self._journal()
+        sql = (
+            "SELECT DISTINCT t.transactionid::text FROM pg_locks AS r "
+            "JOIN pg_locks AS t ON t.virtualtransaction = r.virtualtransaction "
+            "AND t.locktype = 'transactionid' AND t.granted "
+            "WHERE r.locktype = 'relation' AND r.relation = %s::regclass "
+            "AND r.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        )
+        with connections[self.alias].cursor() as cursor:
+            cursor.execute(sql, [table])
+            return frozenset(int(x) for (x,) in cursor.fetchall())
+
+    def _journal(self) -> tuple[str, str]:
+        """The journal's table and the columns of a :data:`Read`, quoted for SQL."""
+        from alarms.models import AlarmChange
+
+        quote = connections[self.alias].ops.quote_name
+        meta = AlarmChange._meta
+        column = {f.name: f.column for f in meta.concrete_fields}
+        names = ("id", "alarm_id", "kind", "user_id", "session", "created_at")
+        return quote(meta.db_table), ", ".join(quote(column[n]) for n in names)
 
     def viewer(
         self,

@@ -8,25 +8,30 @@ import pytest
 from django.db import connection, transaction
 
 from alarms import api
-from alarms.journal import ADVISORY_LOCK_KEY
 from alarms.models import AlarmChange
 from tests.e2e.conftest import before_marker, metric, open_stream
-from tests.helpers import advisory_lock_waiters, en, wait_for
+from tests.helpers import en, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 
 
-def test_cursor_survives_out_of_order_commits(server, make_user, session_cookie):
-    """Writer A takes the lower ids but commits after writer B: nothing is lost."""
+def test_cursor_survives_out_of_order_commits(server_factory, make_user, session_cookie, settings):
+    """Writer A takes the lower journal ids but commits after writer B, which does
+    not wait for it: the stream gets both, A first, and nothing early."""
+    # Storm control orders the sends it checks with a lock of its own: off here,
+    # so that the journal alone decides.
+    settings.ALARMS = {**settings.ALARMS, "STORM_LIMIT": None}
+    server = server_factory(METRICS_TOKEN="t0ken")
     cookie = session_cookie(make_user("ord"))
     a_written, release_a = threading.Event(), threading.Event()
     b_done = threading.Event()
     errors: list[BaseException] = []
+    alarms: dict[str, int] = {}
 
     def writer_a() -> None:
         try:
             with transaction.atomic():
-                api.send_alarm(en("A, lower id"))
+                alarms["A"] = api.send_alarm(en("A, lower id")).pk
                 a_written.set()
                 release_a.wait(10)
         except BaseException as exc:
@@ -36,39 +41,44 @@ def test_cursor_survives_out_of_order_commits(server, make_user, session_cookie)
 
     def writer_b() -> None:
         try:
-            api.send_alarm(en("B, higher id"))
+            alarms["B"] = api.send_alarm(en("B, higher id")).pk
             b_done.set()
         except BaseException as exc:
             errors.append(exc)
         finally:
             connection.close()
 
+    a = threading.Thread(target=writer_a)
+    b = threading.Thread(target=writer_b)
     with open_stream(server, cookie) as stream:
         stream.opened()
-        a = threading.Thread(target=writer_a)
-        a.start()
-        assert a_written.wait(5)
-        b = threading.Thread(target=writer_b)
-        b.start()
-        # B's alarm id is higher than A's. B must wait for A's commit to write
-        # its journal row; were it let through, the broker would read B's row,
-        # past A's, before A commits: wait for that, then let A commit.
-        wait_for(
-            lambda: advisory_lock_waiters(ADVISORY_LOCK_KEY) == 1 or b_done.is_set(),
-            10,
-            "B blocked or done",
-        )
-        early = [stream.next_event(10)] if b_done.is_set() else []
-        release_a.set()
-        a.join(10)
-        b.join(10)
+        try:
+            a.start()
+            assert a_written.wait(5)
+            reads = metric(server, "alarms_reads_total")
+            b.start()
+            # B commits while A is open (no lock orders them), and the server's
+            # broker reads B's row, past A's uncommitted one: then let A commit.
+            wait_for(lambda: b_done.is_set() or ungranted_locks(), 10, "B done or waiting")
+            assert b_done.is_set(), "B waited for A"
+            wait_for(lambda: metric(server, "alarms_reads_total") > reads, 10, "B read")
+        finally:
+            release_a.set()
+            a.join(10)
+            b.join(10)
         assert not errors
-        [later] = before_marker(stream)
-        titles = [e.json()["title"] for e in early + later]
-    assert sorted(titles) == ["A, lower id", "B, higher id"]
-    # The journal numbers rows in commit order: A's row comes first.
-    rows = list(AlarmChange.objects.order_by("id").values_list("alarm_id", flat=True))
-    assert rows == sorted(rows)
+        [events] = before_marker(stream)
+    # Nothing lost, and B, held back until A's lower row committed, comes after it.
+    assert [e.json()["title"] for e in events] == ["A, lower id", "B, higher id"]
+    journal = AlarmChange.objects.filter(alarm_id__in=alarms.values())
+    a_rows = journal.filter(alarm_id=alarms["A"]).values_list("id", flat=True)
+    assert max(a_rows) < min(journal.filter(alarm_id=alarms["B"]).values_list("id", flat=True))
+
+
+def ungranted_locks() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_locks WHERE NOT granted")
+        return int(cursor.fetchone()[0])
 
 
 def test_listener_killed_by_the_server_reconnects_and_catches_up(
