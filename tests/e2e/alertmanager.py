@@ -13,19 +13,17 @@ as under CI) it fails them.
 from __future__ import annotations
 
 import json
-import subprocess
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.conftest import ROOT, free_port, stop_process, wait_listening
-from tests.e2e.monitoring import replace_once, require
+from tests.e2e.conftest import ROOT
+from tests.e2e.monitoring import Program, replace_once
 
 __all__ = [
     "ALERTMANAGER",
@@ -99,54 +97,25 @@ def posted_alert(
     return alert
 
 
-class Alertmanager:
+class Alertmanager(Program):
     """One Alertmanager on a free port of 127.0.0.1, in ``directory``, with ``config``."""
 
-    def __init__(self, directory: Path, config: str) -> None:
-        self.dir = directory
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.config = self.dir / "alertmanager.yml"
-        self.config.write_text(config)
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = self.dir / "alertmanager.log"
-        self.process: subprocess.Popen[bytes] | None = None
+    name = "alertmanager"
+    config_name = "alertmanager.yml"
+    # Notifications come within milliseconds of a post: look often.
+    poll = 0.05
 
-    def output(self) -> str:
-        """Its log so far."""
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
+    def program(self) -> Path:
+        return ALERTMANAGER
 
-    def _tail(self) -> str:
-        return self.output()[-3000:]
-
-    def start(self) -> Alertmanager:
-        command = [
-            str(require(ALERTMANAGER)),
+    def arguments(self) -> list[str]:
+        return [
             f"--config.file={self.config}",
             f"--storage.path={self.dir / 'data'}",
             f"--web.listen-address=127.0.0.1:{self.port}",
             "--cluster.listen-address=",  # no peers, no gossip port
             "--log.level=debug",
         ]
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(
-                command, cwd=self.dir, stdout=log, stderr=subprocess.STDOUT
-            )
-        wait_listening(self.process, self.port, 30, "alertmanager", self._tail)
-        self.wait_for(self._ready, 30, "Alertmanager ready")
-        return self
-
-    def stop(self) -> None:
-        if self.process is not None:
-            stop_process(self.process)
-        self.process = None
-
-    def _ready(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"{self.url}/-/ready", timeout=5) as response:
-                return bool(response.status == 200)
-        except (urllib.error.URLError, OSError):
-            return False
 
     def post(self, alerts: Sequence[dict[str, Any]]) -> None:
         """``POST /api/v2/alerts``, which must take them all."""
@@ -177,15 +146,3 @@ class Alertmanager:
             self.metric("alertmanager_notifications_total", integration="webhook"),
             self.metric("alertmanager_notifications_failed_total", integration="webhook"),
         )
-
-    def wait_for(self, predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-        """Poll ``predicate`` until it holds; return its value. A bound on a hang,
-        not a speed claim: Alertmanager notifies on its own clock."""
-        deadline = time.monotonic() + timeout
-        while not (value := predicate()):
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{what}: not within {timeout:.0f} s\n{self._tail()}")
-            if self.process is not None and self.process.poll() is not None:
-                raise AssertionError(f"alertmanager exited: {self._tail()}")
-            time.sleep(0.05)
-        return value

@@ -21,7 +21,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import pytest
 
@@ -33,6 +33,7 @@ __all__ = [
     "PROMETHEUS",
     "PROMTOOL",
     "SCRAPE_CONFIG",
+    "Program",
     "Prometheus",
     "docs_config",
     "free_port",
@@ -103,41 +104,52 @@ def docs_config(targets: Sequence[str], token_file: Path, interval: str = "1s") 
     )
 
 
-class Prometheus:
-    """One Prometheus server on a free port of 127.0.0.1, in ``directory``.
+class Program:
+    """A monitoring program (Prometheus, Alertmanager) on a free port of 127.0.0.1,
+    run in ``directory`` with ``config`` written there as ``config_name``.
 
-    ``config`` is its prometheus.yml; ``files`` are copied next to it (the rule
-    files it names).
+    A subclass names its ``program`` (the path :func:`require` finds) and its
+    ``arguments``; it answers ``/-/ready`` once it serves.
     """
+
+    name = "program"
+    config_name = "config.yml"
+    #: Seconds between two tries of a wait.
+    poll = 0.2
 
     def __init__(self, directory: Path, config: str, files: Sequence[Path] = ()) -> None:
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.config = self.dir / "prometheus.yml"
+        self.config = self.dir / self.config_name
         self.config.write_text(config)
         for path in files:
             shutil.copy(path, self.dir / path.name)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log = self.dir / "prometheus.log"
+        self.log = self.dir / f"{self.name}.log"
         self.process: subprocess.Popen[bytes] | None = None
 
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
+    def program(self) -> Path:
+        raise NotImplementedError
 
-    def start(self) -> Prometheus:
-        command = [
-            str(require(PROMETHEUS)),
-            f"--config.file={self.config}",
-            f"--storage.tsdb.path={self.dir / 'data'}",
-            f"--web.listen-address=127.0.0.1:{self.port}",
-        ]
+    def arguments(self) -> list[str]:
+        raise NotImplementedError
+
+    def output(self) -> str:
+        """Its log so far."""
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def _tail(self) -> str:
+        return self.output()[-3000:]
+
+    def start(self) -> Self:
+        command = [str(require(self.program())), *self.arguments()]
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
                 command, cwd=self.dir, stdout=log, stderr=subprocess.STDOUT
             )
-        wait_listening(self.process, self.port, 30, "prometheus", self.output)
-        self.wait_for(self._ready, 30, "Prometheus ready")
+        wait_listening(self.process, self.port, 30, self.name, self._tail)
+        self.wait_for(self._ready, 30, f"{self.name} ready")
         return self
 
     def stop(self) -> None:
@@ -151,6 +163,36 @@ class Prometheus:
                 return bool(response.status == 200)
         except (urllib.error.URLError, OSError):
             return False
+
+    def wait_for(self, predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+        """Poll ``predicate`` until it holds; return its value. A bound on a hang,
+        not a speed claim: the program works on its own clock."""
+        deadline = time.monotonic() + timeout
+        while not (value := predicate()):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{what}: not within {timeout:.0f} s\n{self._tail()}")
+            if self.process is not None and self.process.poll() is not None:
+                raise AssertionError(f"{self.name} exited: {self._tail()}")
+            time.sleep(self.poll)
+        return value
+
+
+class Prometheus(Program):
+    """One Prometheus server; ``config`` is its prometheus.yml, and ``files`` are
+    copied next to it (the rule files it names)."""
+
+    name = "prometheus"
+    config_name = "prometheus.yml"
+
+    def program(self) -> Path:
+        return PROMETHEUS
+
+    def arguments(self) -> list[str]:
+        return [
+            f"--config.file={self.config}",
+            f"--storage.tsdb.path={self.dir / 'data'}",
+            f"--web.listen-address=127.0.0.1:{self.port}",
+        ]
 
     def api(self, path: str, **params: str) -> Any:
         """``GET /api/v1/<path>``: its ``data``, which must be a success."""
@@ -173,18 +215,6 @@ class Prometheus:
     def targets(self) -> list[dict[str, Any]]:
         """The active targets: ``labels``, ``health`` ("up", "down", "unknown"), ``lastError``..."""
         return list(self.api("targets", state="active")["activeTargets"])
-
-    def wait_for(self, predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-        """Poll ``predicate`` until it holds; return its value. A bound on a hang,
-        not a speed claim: Prometheus scrapes and evaluates on its own clock."""
-        deadline = time.monotonic() + timeout
-        while not (value := predicate()):
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{what}: not within {timeout:.0f} s\n{self.output()}")
-            if self.process is not None and self.process.poll() is not None:
-                raise AssertionError(f"prometheus exited: {self.output()}")
-            time.sleep(0.2)
-        return value
 
     def wait_for_query(
         self,
