@@ -215,6 +215,10 @@ ALARMS = {"BROKER": "alarms.broker.postgres.PostgresBroker", "SHUTDOWN_GRACE": 0
 UNLIMITED = {"STORM_LIMIT": None}
 
 
+#: Seconds a Held transaction waits for its next order before it rolls back.
+HELD_FOR_AT_MOST = 60
+
+
 class Held(threading.Thread):
     """A transaction on a connection of its own, kept open: :meth:`call` runs a
     function in it, :meth:`end` commits it or rolls it back."""
@@ -232,7 +236,7 @@ class Held(threading.Thread):
     def run(self) -> None:
         try:
             with transaction.atomic():
-                while not isinstance(order := self.orders.get(), bool):
+                while not isinstance(order := self._next_order(), bool):
                     try:
                         self.results.put((True, order()))
                     except BaseException as exc:
@@ -244,6 +248,15 @@ class Held(threading.Thread):
             self.results.put((False, exc))
         finally:
             connection.close()
+
+    def _next_order(self) -> Callable[[], Any] | bool:
+        # A test that failed before it ended this transaction would leave it open,
+        # and the database's flush after the test would wait for it for ever (the
+        # fixture `ends_held` is torn down after that flush): roll back on its own.
+        try:
+            return self.orders.get(timeout=HELD_FOR_AT_MOST)
+        except queue.Empty:
+            return False
 
     def call(self, func: Callable[[], Any]) -> Any:
         self.orders.put(func)
