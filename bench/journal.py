@@ -2,7 +2,7 @@
 
     scripts/postgres .venv/bin/python bench/journal.py
     scripts/postgres .venv/bin/python bench/journal.py --writers 1 4 16 \\
-        --listeners 0 1 16 64 256 --seconds 1.5 --reps 5
+        --listeners 0 1 16 64 256 --seconds 2 --reps 3
 
 Against a throwaway database (scripts/postgres runs PostgreSQL with fsync and
 synchronous_commit off, so a COMMIT waits for no disk), in one run:
@@ -369,8 +369,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--writers", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--listeners", type=int, nargs="+", default=[0, 1, 16, 64, 256])
-    parser.add_argument("--seconds", type=float, default=1.5, help="per write-rate run")
-    parser.add_argument("--reps", type=int, default=5, help="runs of each mode per cell")
+    parser.add_argument("--seconds", type=float, default=2.0, help="per write-rate run")
+    parser.add_argument("--reps", type=int, default=3, help="runs of each mode per cell")
     parser.add_argument("--wake-ups", type=int, default=200, help="writes timed per L")
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=[*MODES, *EXTRA_MODES])
     args = parser.parse_args()
