@@ -366,8 +366,10 @@ class AlarmToken(models.Model):
 class AlarmChange(models.Model):
     """The change journal the broker follows: one row per write that streams must see.
 
-    Rows are numbered in commit order (see ``alarms.journal``), so "every row
-    after the last one I read" never skips a transaction that committed late.
+    Row ids need not follow commit order on PostgreSQL: the broker's reader holds
+    back rows above an id not yet committed and passes over one rolled back
+    (``alarms.journal``, ``alarms.broker.reads.JournalCursor``), so it never
+    skips a transaction that committed late.
     The alarm id is a plain integer so that a deleted alarm's row survives.
     """
 

@@ -18,11 +18,12 @@ contain the new publication are looked at, so alarms scheduled just after it cou
 much as those sent just before.
 
 :func:`check` must run in the transaction that then inserts the alarm, so that two
-simultaneous senders cannot both see room for one more. On PostgreSQL it takes the
-change journal's transaction-scoped advisory lock: every alarm write takes that lock
-at its first row anyway (``alarms.journal``), so sends were already serialised from
-there to their commit, and a second lock per audience would let a transaction that
-sends to two audiences deadlock against one that sends to one of them. On SQLite it
+simultaneous senders cannot both see room for one more. On PostgreSQL it takes one
+transaction-scoped advisory lock (``journal.ADVISORY_LOCK_KEY``) for every checked
+send, held to its commit: journal writes themselves take no lock, so this serialises
+only the sends storm control counts, and one lock rather than one per audience keeps
+a transaction that sends to two audiences from deadlocking against one that sends to
+one of them. On SQLite it
 takes the write lock up front, so a second sender waits for the first to commit and
 then counts its alarm, instead of failing on a stale read.
 """

@@ -27,7 +27,7 @@ from django.utils import timezone
 from alarms.conf import get_config
 from alarms.models import Alarm, AlarmChange, AlarmReceipt, AlarmTranslation
 
-# Session advisory lock of prune runs; not the journal's key, which writers hold.
+# Session advisory lock of prune runs; not the key storm control's sends hold.
 LOCK_KEY = int.from_bytes(b"alarmprn", "big")
 
 
