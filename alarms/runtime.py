@@ -83,7 +83,7 @@ def set_session_data(session: Any, data: dict[str, Any]) -> None:
     ``SessionBase._get_session`` keeps what ``load()`` returned in
     ``_session_cache`` and reads nothing while it is there; the stream reads a
     database session's data and expiry in one query and hands the data over
-    (``alarms.broker.base.prime_session``). If Django stops honouring it, the
+    (``alarms.broker.sessions._load_sessions``). If Django stops honouring it, the
     session loads itself again: one query more, nothing wrong
     (``tests/test_broker.py::test_a_signed_in_connect_reads_its_session_once``).
     """

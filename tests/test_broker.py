@@ -483,8 +483,9 @@ def test_the_brokers_own_reads_go_before_queued_connect_loads() -> None:
 
 
 def test_a_signed_in_connect_reads_its_session_once(db) -> None:
-    """The session's data and its expiry come in one query (``prime_session``)."""
-    from alarms.broker.connect import _load
+    """The session's data and its expiry come in one query."""
+    from alarms.broker.loads import Load, load_batch
+    from alarms.broker.sessions import Login
 
     user = get_user_model().objects.create_user("sam")
     client = Client()
@@ -493,10 +494,13 @@ def test_a_signed_in_connect_reads_its_session_once(db) -> None:
     stored = Session.objects.get(session_key=key).expire_date
     request = RequestFactory().get("/alarms/stream/")
     request.session = SessionStore(key)
+    load = Load(Login(session=request.session, request=request), "en")
 
     with CaptureQueriesContext(connection) as queries:
-        state, missed = _load(MemoryBroker(), request, "en", [], None, 0)
+        [loaded] = load_batch(MemoryBroker().reads, [load], [], 0)
 
+    assert not isinstance(loaded, Exception)
+    state, missed = loaded
     assert (state.viewer.user_id, state.session_key, state.expires_at) == (user.pk, key, stored)
     assert missed is None
     reads = [q["sql"] for q in queries.captured_queries if '"django_session"' in q["sql"]]

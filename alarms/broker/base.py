@@ -34,6 +34,7 @@ from alarms.broker import fanout
 from alarms.broker.access import Access
 from alarms.broker.cache import CachedAlarm
 from alarms.broker.counters import CloseReason, Counters, Timings
+from alarms.broker.loads import Loads
 from alarms.broker.reads import BATCH, ConnectState, Reads, Row
 from alarms.broker.subscribers import AddressFull, BrokerFull, Subscriber, Subscribers
 from alarms.broker.threads import QUEUED, URGENT, DatabaseQueue
@@ -70,6 +71,7 @@ class BaseBroker:
             max_workers=self.config["DB_THREADS"], thread_name_prefix="alarms-db"
         )
         self._db_queue = DatabaseQueue(self.config["DB_THREADS"])
+        self.loads = Loads(self)
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._start_lock: asyncio.Lock | None = None

@@ -16,13 +16,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from django.contrib.auth import get_user
 from django.utils import timezone
 
 from alarms import events
 from alarms.broker.cache import CachedAlarm, in_order
 from alarms.broker.reads import ConnectState, Missed
-from alarms.broker.sessions import prime_session
 from alarms.broker.subscribers import Subscriber
 
 if TYPE_CHECKING:
@@ -53,14 +51,11 @@ async def connect(
     Raises :class:`~alarms.broker.subscribers.BrokerFull` or ``AddressFull``
     when the process or the address holds as many streams as it may.
     """
-    # The ids are taken here, on the loop: the broker changes that dict.
-    loaded_at = broker.head
-    # One trip to the database threads: the viewer, then what it missed up to
-    # the head as it was here (each trip costs a wake-up of the loop).
-    state, missed = await broker.run_db(
-        _load, broker, request, language, list(broker.alarms), since, loaded_at
-    )
-    state.head = loaded_at
+    # One trip to the database threads, with the connects that came together:
+    # the viewer, then what it missed up to the head as it was when the batch
+    # left the loop (each trip costs a wake-up of the loop).
+    state, missed = await broker.loads.connect(request, language, since)
+    loaded_at = state.head
     sub = broker.subscribe(state, address)
     if since is not None:
         # Alarms fanned out from now on reach the queue; the replay must not
@@ -71,9 +66,7 @@ async def connect(
         if since is not None and missed is not None and head > loaded_at:
             # Rows fanned out between the load and the subscription reached
             # neither: read them too.
-            later = await broker.run_db(
-                broker.reads.missed, state.viewer, (loaded_at, since[1]), head
-            )
+            later = await broker.loads.missed(state.viewer, (loaded_at, since[1]), head)
             missed = missed.merge(later) if later is not None else None
         if missed is not None:
             first = replay(broker, sub, missed)
@@ -88,24 +81,6 @@ async def connect(
     finally:
         sub.tracking = None
     return Connection(sub, first, state, missed is not None)
-
-
-def _load(
-    broker: BaseBroker,
-    request: HttpRequest,
-    language: str,
-    alarm_ids: list[int],
-    since: tuple[int, int] | None,
-    head: int,
-) -> tuple[ConnectState, Missed | None]:
-    # In a database thread: the session and its expiry in one query, the user,
-    # their groups and receipts, and the journal since ``since``.
-    session = getattr(request, "session", None)
-    expires_at = prime_session(session)
-    state = broker.reads.viewer(get_user(request), language, alarm_ids, session, expires_at)
-    if since is None:
-        return state, None
-    return state, broker.reads.missed(state.viewer, since, head)
 
 
 def snapshot(broker: BaseBroker, sub: Subscriber, seen: set[int]) -> list[bytes]:

@@ -142,7 +142,7 @@ class Command(BaseCommand):
         """Journal rows below this id go: the oldest row kept, or the newest row.
 
         Only a prefix of the journal is ever deleted, so "older than the first row
-        kept" is exactly "pruned" when a stream resumes (``read_missed`` then falls
+        kept" is exactly "pruned" when a stream resumes (``Reads.missed_many`` then falls
         back to a snapshot). The newest row always stays: with none left, a broker
         starting afresh would number from zero and a resume could not tell that
         rows had gone.
