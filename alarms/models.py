@@ -289,6 +289,66 @@ class AlarmReceipt(models.Model):
         return f"{self.user} / {self.alarm_id}"
 
 
+def mute_choices() -> list[tuple[str, str]]:
+    # Every level but the lowest (nothing is below it) can be a floor; critical
+    # alarms are never muted, so "below critical" is the most one can mute.
+    return [(level.value, str(level.label)) for level in Level if level != Level.INFO]
+
+
+class Preferences(models.Model):
+    """What one signed-in reader chose, on every device (``alarms.preferences``).
+
+    Blank means "not chosen": the browser's language (cookie, Accept-Language),
+    the browser's time zone, nothing muted.
+    """
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL,
+        verbose_name=_("user"),
+        on_delete=models.CASCADE,
+        related_name="alarm_preferences",
+    )
+    language = models.CharField(
+        _("language"),
+        max_length=rules.MAX_LANGUAGE_CODE,
+        blank=True,
+        default="",
+        choices=language_choices,
+        help_text=_("Alarms, pages and emails in this language on every device."),
+    )
+    time_zone = models.CharField(
+        _("time zone"),
+        max_length=64,
+        blank=True,
+        default="",
+        help_text=_("An IANA name such as Europe/Paris; blank: the browser's."),
+    )
+    mute_below = models.CharField(
+        _("mute alarms below"),
+        max_length=10,
+        blank=True,
+        default="",
+        choices=mute_choices,
+        help_text=_("Alarms below this level are not shown. Critical alarms always are."),
+    )
+    desktop_from = models.CharField(
+        _("desktop notifications from"),
+        max_length=10,
+        choices=Level,
+        default=Level.CRITICAL,
+        help_text=_("Alarms at or above this level raise a desktop notification."),
+    )
+    updated_at = models.DateTimeField(_("updated at"), auto_now=True)
+
+    class Meta:
+        verbose_name = _("reader preferences")
+        verbose_name_plural = _("reader preferences")
+        ordering = ("user",)
+
+    def __str__(self) -> str:
+        return str(self.user)
+
+
 class TokenScope(models.TextChoices):
     PUBLISH = "publish", _("Publish: create and update alarms")
     WITHDRAW = "withdraw", _("Withdraw alarms")
