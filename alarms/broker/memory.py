@@ -14,6 +14,11 @@ class MemoryBroker(BaseBroker):
     async def wait_for_wake(self, within: float | None) -> bool:
         assert self._wake is not None
         poll = float(self.config["POLL_INTERVAL"])
+        # On PostgreSQL a pending gap in the journal is read again sooner than the
+        # poll (JournalCursor.recheck_in); on SQLite there are no gaps.
+        recheck = self.reads.recheck_in()
+        if recheck is not None:
+            poll = min(poll, recheck)
         # asyncio.timeout, not wait_for(): on Python 3.11 wait_for() swallows a
         # cancellation that comes as the event is set, and stop() then waits for
         # a read loop that never ends.
