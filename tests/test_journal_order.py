@@ -291,26 +291,37 @@ def journal_ids(alarm_id: int) -> list[int]:
     return list(AlarmChange.objects.filter(alarm_id=alarm_id).values_list("id", flat=True))
 
 
+def run_broker(broker: BaseBroker, test: Callable[[Any], Coroutine[Any, Any, None]]) -> None:
+    """Run ``test(broker)`` with ``broker`` started, on a fresh event loop."""
+
+    async def main() -> None:
+        broker_module._broker = broker
+        try:
+            await broker.ensure_started()
+            await test(broker)
+        finally:
+            await broker.stop()
+            await sync_to_async(connections.close_all)()
+            broker_module.reset_broker()
+
+    asyncio.run(main())
+
+
 @pytest.fixture
 def run(transactional_db: None) -> Iterator[Callable[..., Any]]:
     """Run ``test(broker)`` with a started PostgresBroker on a fresh event loop."""
-
-    def runner(test: Callable[[PostgresBroker], Coroutine[Any, Any, None]]) -> None:
-        async def main() -> None:
-            broker = PostgresBroker()
-            broker_module._broker = broker
-            try:
-                await broker.ensure_started()
-                await test(broker)
-            finally:
-                await broker.stop()
-                await sync_to_async(connections.close_all)()
-                broker_module.reset_broker()
-
-        asyncio.run(main())
-
     with override_settings(ALARMS={**ALARMS, **UNLIMITED}):
-        yield runner
+        yield lambda test: run_broker(PostgresBroker(), test)
+
+
+#: A MemoryBroker that polls once a minute: only a wake-up or a timer of its
+#: own makes it read sooner.
+SLOW_POLL = {
+    **ALARMS,
+    **UNLIMITED,
+    "BROKER": "alarms.broker.memory.MemoryBroker",
+    "POLL_INTERVAL": 60,
+}
 
 
 def titles(chunks: list[bytes]) -> list[str]:
@@ -516,23 +527,14 @@ def test_a_broker_starting_on_an_emptied_journal_starts_where_the_sequence_is():
     last = AlarmChange.objects.order_by("-id").values_list("id", flat=True).first()
     AlarmChange.objects.all().delete()
 
-    async def main() -> None:
-        broker = MemoryBroker()
-        broker_module._broker = broker
-        try:
-            await broker.ensure_started()
-            assert broker.head == last
-            sub = broker.subscribe(ConnectState(Viewer(language="en"), set(), set()))
-            await send("After the prune")
-            assert await read_titles(sub, 1) == ["After the prune"]
-        finally:
-            await broker.stop()
-            await sync_to_async(connections.close_all)()
-            broker_module.reset_broker()
+    async def test(broker: BaseBroker) -> None:
+        assert broker.head == last
+        sub = broker.subscribe(ConnectState(Viewer(language="en"), set(), set()))
+        await send("After the prune")
+        assert await read_titles(sub, 1) == ["After the prune"]
 
-    polling = {**ALARMS, **UNLIMITED, "BROKER": "alarms.broker.memory.MemoryBroker"}
-    with override_settings(ALARMS={**polling, "POLL_INTERVAL": 60}):
-        asyncio.run(main())
+    with override_settings(ALARMS=SLOW_POLL):
+        run_broker(MemoryBroker(), test)
 
 
 @pg
@@ -542,22 +544,13 @@ def test_a_polling_broker_rechecks_a_gap_sooner_than_its_poll():
     wakes nobody, and a poll of a minute would hold the row above it that long.
     The gap's own re-check timer reads again within the read_titles bound."""
 
-    async def main() -> None:
-        broker = MemoryBroker()
-        broker_module._broker = broker
-        try:
-            await broker.ensure_started()
-            sub = broker.subscribe(ConnectState(Viewer(language="en"), set(), set()))
-            a, _a_row = await held_open("A, rolled back")
-            await send_and_read(broker, "B")  # B's commit wakes this process's broker
-            assert await sub.next(0) is None
-            a.end(commit=False)
-            assert await read_titles(sub, 1) == ["B"]
-        finally:
-            await broker.stop()
-            await sync_to_async(connections.close_all)()
-            broker_module.reset_broker()
+    async def test(broker: BaseBroker) -> None:
+        sub = broker.subscribe(ConnectState(Viewer(language="en"), set(), set()))
+        a, _a_row = await held_open("A, rolled back")
+        await send_and_read(broker, "B")  # B's commit wakes this process's broker
+        assert await sub.next(0) is None
+        a.end(commit=False)
+        assert await read_titles(sub, 1) == ["B"]
 
-    polling = {**ALARMS, **UNLIMITED, "BROKER": "alarms.broker.memory.MemoryBroker"}
-    with override_settings(ALARMS={**polling, "POLL_INTERVAL": 60}):
-        asyncio.run(main())
+    with override_settings(ALARMS=SLOW_POLL):
+        run_broker(MemoryBroker(), test)
