@@ -117,8 +117,9 @@ class Session(APIKeyCookie):
         super().__init__(csrf=False)
 
     def authenticate(self, request: HttpRequest, key: str | None) -> Any:
-        user = request.user
-        if user.is_authenticated:
+        # No AuthenticationMiddleware (a site without sessions): nobody is signed in.
+        user = getattr(request, "user", None)
+        if user is not None and user.is_authenticated:
             return user
         raise ApiError(
             401,
