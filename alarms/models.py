@@ -353,6 +353,8 @@ class TokenScope(models.TextChoices):
     PUBLISH = "publish", _("Publish: create and update alarms")
     WITHDRAW = "withdraw", _("Withdraw alarms")
     READ = "read", _("Read alarms and their counts")
+    # A personal token: it reads as the user who made it, never as anyone else.
+    ME = "me", _("Me: read my own alarms (a personal token of the user who makes it)")
 
 
 class AlarmToken(models.Model):

@@ -111,7 +111,12 @@ class AlarmQuerySet(models.QuerySet["Alarm"]):
     def not_dismissed_by(self, user: Any) -> AlarmQuerySet:
         if not getattr(user, "is_authenticated", False):
             return self
-        return self.exclude(receipts__user=user, receipts__dismissed_at__isnull=False)
+        # One filter() call, so that both conditions hold of the same receipt: in an
+        # exclude() they may hold of two (the user's seen, another's dismissal).
+        dismissed = self.model._default_manager.filter(
+            receipts__user=user, receipts__dismissed_at__isnull=False
+        )
+        return self.exclude(pk__in=dismissed.values("pk"))
 
     def for_user(self, user: Any) -> AlarmQuerySet:
         """Live now, visible to ``user``, not dismissed by them."""

@@ -51,6 +51,24 @@ def tag_variants(code: str | None) -> list[str]:
     return [tag, *(alias + dash + rest for alias in ALIASES.get(primary, ()))]
 
 
+def language_chain(wanted: str | None) -> list[str]:
+    """The codes ``choose_language`` tries for a reader of ``wanted``, best first.
+
+    Its exact code and aliases, their generic languages, then ``LANGUAGE_CODE``
+    and its generic language. After the chain, any translation at all (the first
+    code in order). ``alarms.inbox`` builds its SQL form of the choice from it.
+    """
+    variants = tag_variants(wanted)
+    default = default_language().lower()
+    chain = [
+        *variants,
+        *(variant.split("-")[0] for variant in variants),
+        default,
+        default.split("-")[0],
+    ]
+    return list(dict.fromkeys(chain))
+
+
 def choose_language(wanted: str | None, available: Iterable[str]) -> str | None:
     """Pick the best of ``available`` language codes for a reader of ``wanted``.
 
@@ -63,19 +81,9 @@ def choose_language(wanted: str | None, available: Iterable[str]) -> str | None:
     codes = sorted({c.lower() for c in available})
     if not codes:
         return None
-    variants = tag_variants(wanted)
-    for variant in variants:
-        if variant in codes:
-            return variant
-    for variant in variants:
-        generic = variant.split("-")[0]
-        if generic in codes:
-            return generic
-    default = default_language().lower()
-    if default in codes:
-        return default
-    if default.split("-")[0] in codes:
-        return default.split("-")[0]
+    for code in language_chain(wanted):
+        if code in codes:
+            return code
     return codes[0]
 
 

@@ -780,6 +780,8 @@ def test_the_openapi_document_is_valid_and_describes_every_operation(client: Cli
         ("GET", f"{ALARMS}/by-external-id/{{key}}"),
         ("POST", f"{ALARMS}/{{alarm_id}}/withdraw"),
         ("POST", f"{ALARMS}/by-external-id/{{key}}/withdraw"),
+        ("GET", f"{BASE}/me/alarms"),
+        ("GET", f"{BASE}/me/unread-count"),
     }
     publish = document["paths"][ALARMS]["post"]
     assert set(publish["responses"]) == {str(s) for s in PUBLISH_STATUSES | {401, 403}}

@@ -170,3 +170,14 @@ def test_for_anonymous_visitors(people: dict[str, Any]) -> None:
     make_alarm(audience=Audience.EVERYONE, expires_at=ago(), publish_at=ago(hours=1))
 
     assert ids(Alarm.objects.for_user(people["anonymous"])) == {public.pk}
+
+
+def test_another_users_dismissal_is_not_the_readers() -> None:
+    ann, bob = make_user("ann"), make_user("bob")
+    alarm = make_alarm()
+    now = ago(seconds=1)
+    AlarmReceipt.objects.create(user=ann, alarm=alarm, seen_at=now)
+    AlarmReceipt.objects.create(user=bob, alarm=alarm, seen_at=now, dismissed_at=now)
+
+    assert ids(Alarm.objects.for_user(ann)) == {alarm.pk}
+    assert ids(Alarm.objects.for_user(bob)) == set()

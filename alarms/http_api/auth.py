@@ -2,14 +2,19 @@
 
 No session and no CSRF: a request is its token, whatever cookies it carries.
 A revoked or expired token is refused from the next request on.
+
+The reader's operations (``/me/...``) are the exception: they answer a signed-in
+session too, or a personal token (scope ``me``), which reads as the user who made
+it. Both give the request a user (``reader_of``), never a choice of user.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.http import HttpRequest
-from ninja.security import HttpBearer
+from ninja.security import APIKeyCookie, HttpBearer
 
 from alarms import tokens
 from alarms.http_api.errors import ApiError
@@ -72,3 +77,65 @@ def token_of(request: HttpRequest) -> AlarmToken:
     token = getattr(request, "auth", None)
     assert isinstance(token, AlarmToken)
     return token
+
+
+class PersonalToken(HttpBearer):
+    """A token with the scope ``me``: it reads as the user who made it.
+
+    No ``Authorization`` header: None, so that the session is tried. A header that
+    is no usable ``me`` token is refused (401 or 403), whatever the session.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.token = BearerToken(TokenScope.ME)
+
+    def __call__(self, request: HttpRequest) -> Any:
+        if not request.headers.get("Authorization"):
+            return None
+        token = self.token(request)
+        user = token.created_by
+        if user is None or not user.is_active:
+            raise ApiError(
+                403,
+                f"The token {token.name!r} belongs to no active user.",
+                loc=AUTHORIZATION,
+                type="insufficient_scope",
+            )
+        return user
+
+    def authenticate(self, request: HttpRequest, token: str) -> Any:  # pragma: no cover
+        raise NotImplementedError("__call__ does the whole check")
+
+
+class Session(APIKeyCookie):
+    """The signed-in user of Django's session. For reading only: a GET needs no
+    CSRF token, and the operations that take a session write nothing."""
+
+    def __init__(self) -> None:
+        self.param_name = settings.SESSION_COOKIE_NAME  # the OpenAPI scheme names it
+        super().__init__(csrf=False)
+
+    def authenticate(self, request: HttpRequest, key: str | None) -> Any:
+        # No AuthenticationMiddleware (a site without sessions): nobody is signed in.
+        user = getattr(request, "user", None)
+        if user is not None and user.is_authenticated:
+            return user
+        raise ApiError(
+            401,
+            "Sign in, or send a personal token (scope 'me') as Authorization: Bearer <token>.",
+            loc=AUTHORIZATION,
+            type="unauthenticated",
+            headers={"WWW-Authenticate": REALM},
+        )
+
+
+#: The reader's operations: a personal token, else the session.
+READER = [PersonalToken(), Session()]
+
+
+def reader_of(request: HttpRequest) -> Any:
+    """The user a reader's operation answers for (ninja sets ``request.auth``)."""
+    user = getattr(request, "auth", None)
+    assert user is not None and getattr(user, "is_authenticated", False)
+    return user

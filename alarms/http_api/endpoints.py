@@ -229,13 +229,16 @@ def list_alarms(request: HttpRequest, filters: Query[AlarmFilters]) -> dict[str,
     counts = receipt_counts([a.pk for a in page])
     return {
         "count": count,
-        "next": _page(request, filters.offset + filters.limit)
-        if filters.offset + filters.limit < count
-        else None,
-        "previous": _page(request, max(filters.offset - filters.limit, 0))
-        if filters.offset > 0
-        else None,
+        **neighbours(request, filters.offset, filters.limit, count),
         "items": [describe(a, counts[a.pk]) for a in page],
+    }
+
+
+def neighbours(request: HttpRequest, offset: int, limit: int, count: int) -> dict[str, Any]:
+    """``next`` and ``previous`` of a page of ``limit`` items at ``offset`` of ``count``."""
+    return {
+        "next": _page(request, offset + limit) if offset + limit < count else None,
+        "previous": _page(request, max(offset - limit, 0)) if offset > 0 else None,
     }
 
 

@@ -155,6 +155,58 @@ class AlarmPage(Schema):
     items: list[AlarmOut]
 
 
+# -- what a reader gets (/me/...) ------------------------------------------------------
+
+
+class MyFilters(Schema):
+    lang: str | None = Field(
+        None,
+        max_length=35,
+        description="The language to show the texts in. Default: the user's stored "
+        "language, else the request's (language cookie, Accept-Language). A language "
+        "the site does not speak is passed over.",
+    )
+    level: Level | None = None
+    q: StorableText | None = Field(
+        None,
+        max_length=200,
+        description="Only alarms whose title or message, in the language shown, "
+        "contains this (case-insensitive).",
+    )
+    limit: int = Field(50, ge=1, le=200)
+    offset: int = Field(0, ge=0, le=10**9)
+
+
+class MyAlarm(Schema):
+    id: int
+    level: Level
+    title: str
+    message: str
+    language: str = Field(description="The language of the title and message shown.")
+    dir: str = Field(description='"ltr" or "rtl": the direction of that language.')
+    url: str
+    published_at: datetime
+    expires_at: datetime | None
+    unread: bool = Field(description="Live now and not dismissed: what the badge counts.")
+    seen_at: datetime | None = Field(description="When the user was first shown it.")
+    dismissed_at: datetime | None = Field(description="When the user dismissed it.")
+
+
+class MyAlarmPage(Schema):
+    count: int = Field(description="Alarms that match the filters, on every page.")
+    language: str = Field(description="The language asked for (each item says its own).")
+    next: str | None = Field(description="The next page, as a path with its query.")
+    previous: str | None
+    items: list[MyAlarm]
+
+
+class UnreadCount(Schema):
+    unread: int = Field(
+        description="Alarms live now, visible to the user, not dismissed by them: the badge."
+    )
+    unseen: int = Field(description="Of those, the ones the user was never shown.")
+
+
 class ErrorItem(Schema):
     loc: list[str | int] = Field(description='Where: ["body", "translations", "fr", "title"].')
     msg: str

@@ -9,15 +9,16 @@ from __future__ import annotations
 
 from ninja import NinjaAPI
 
-from alarms.http_api import endpoints, errors
+from alarms.http_api import endpoints, errors, me
 
 api = NinjaAPI(
     title="django-live-alarms",
     version="1",
-    description="Publish, read and withdraw live alarms. Guide: docs/api.md.",
+    description="Publish, read and withdraw live alarms; read your own. Guide: docs/api.md.",
     openapi_url="/openapi.json",
     docs_url=None,
     urls_namespace="alarms:api",
 )
 api.add_router("", endpoints.router)
+api.add_router("", me.router)
 errors.install(api)
