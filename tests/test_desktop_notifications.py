@@ -1,4 +1,4 @@
-"""Desktop notifications, server side: the level floor the tag sends."""
+"""Desktop notifications, server side: the level floor the tag sends, the centre's opt-in."""
 
 from __future__ import annotations
 
@@ -81,3 +81,26 @@ def test_the_tag_reads_the_readers_floor(
         assert floor(request) == "critical"  # no preferences saved
     Preferences.objects.create(user=reader, desktop_from="warning")
     assert floor(request) == "warning"
+
+
+@pytest.mark.django_db
+def test_the_centre_renders_the_opt_in_hidden_until_the_script_runs(client, django_user_model):
+    client.force_login(django_user_model.objects.create_user("reader"))
+    html = client.get("/alarms/").content.decode()
+    tags = Attributes(html)
+    block = tags.first("section", **{"data-alarms-notify": None})
+    # Without JavaScript nothing shows: the button could not do anything.
+    assert "hidden" in block and block["data-state"] == "default"
+    button = tags.first("button", **{"data-alarms-notify-button": None})
+    assert button["type"] == "button" and button["aria-describedby"] == "alarms-notify-status"
+    assert tags.first("p", id="alarms-notify-status")["role"] == "status"
+    # Every state the script can show has its words in the page.
+    states = {
+        state
+        for _name, attrs in tags.tags
+        if "data-when" in attrs
+        for state in (attrs["data-when"] or "").split()
+    }
+    assert states == {"default", "dismissed", "granted", "denied", "unsupported", "insecure"}
+    # Near the top: before the list of unread alarms.
+    assert html.index("data-alarms-notify") < html.index('id="alarms-unread"')
