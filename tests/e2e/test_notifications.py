@@ -1,8 +1,9 @@
 """Desktop notifications in a real Chromium against a real daphne server.
 
 Hidden tabs. Playwright keeps every page it drives "visible": it turns on the
-DevTools focus emulation for each page it attaches to, and that emulation
-holds the page visible (Chromium counts it as being captured). So these tests
+DevTools focus emulation for each page it attaches to, and with it on a
+background tab stays "visible" (over raw DevTools, the same tab turns hidden
+once another is in front, and visible again with the emulation). So these tests
 start Chromium themselves and attach with ``connect_over_cdp(no_defaults=True)``,
 which leaves the pages of the browser's default context alone. There, pages
 are ordinary tabs of one window: opening a tab, or bringing one to the front,
@@ -349,7 +350,7 @@ def test_a_visible_tab_that_vanished_stops_counting(desktop, make_user):
     """A tab that died visible, with no pagehide, counts until its report is stale."""
     me = desktop(make_user("jun"))
     me.grant()
-    [tab] = [me.tab()]
+    tab = me.tab()
     me.leader()
     scope = tab.get_attribute("script[data-stream-url]", "data-scope")
     me.away()
