@@ -18,6 +18,7 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString, mark_safe
 from django.utils.translation import gettext, ngettext, trans_real
 
+from alarms import preferences
 from alarms.cors import normalise_origin
 from alarms.models import Alarm, Level
 
@@ -139,8 +140,15 @@ def toasts_html(
     auto_hide: int = 6000,
     max_visible: int = 3,
     nonce: str | None = None,
+    desktop_from: str = Level.CRITICAL,
 ) -> SafeString:
-    """The stylesheet, the (empty) toast region and the data-configured module script."""
+    """The stylesheet, the (empty) toast region and the data-configured module script.
+
+    ``desktop_from``: the lowest level that raises a desktop notification
+    (an unknown one counts as critical).
+    """
+    if desktop_from not in preferences.LEVEL_ORDER:
+        desktop_from = Level.CRITICAL
     return format_html(
         '<link rel="stylesheet" href="{css}"{nonce}>'
         '<div class="alarms-region" id="{region}" aria-label="{region_label}"></div>'
@@ -150,7 +158,7 @@ def toasts_html(
         ' data-csrf-token="{csrf}" data-csrf-cookie="{csrf_cookie}" data-language="{lang}"'
         ' data-authenticated="{auth}" data-scope="{scope}" data-auto-hide="{auto_hide}"'
         ' data-max-visible="{max_visible}" data-region="{region}" data-labels="{labels}"'
-        ' data-plural-rule="{plural_rule}"></script>',
+        ' data-plural-rule="{plural_rule}" data-desktop-from="{desktop_from}"></script>',
         css=css_url,
         js=js_url,
         nonce=_nonce(nonce),
@@ -169,6 +177,7 @@ def toasts_html(
         max_visible=int(max_visible),
         labels=json.dumps(dict(words), ensure_ascii=False, sort_keys=True),
         plural_rule=plural_expression,
+        desktop_from=desktop_from,
     )
 
 
@@ -195,6 +204,16 @@ def user_scope(user: Any) -> str:
     if not getattr(user, "is_authenticated", False):
         return "anon"
     return salted_hmac("alarms.scope", str(user.pk), algorithm="sha256").hexdigest()[:20]
+
+
+def desktop_floor(user: Any) -> str:
+    """The lowest level that raises a desktop notification for ``user``.
+
+    The reader's ``Preferences.desktop_from``; critical for an anonymous user
+    (no query) or one who saved no preferences.
+    """
+    prefs = preferences.for_user(user)
+    return prefs.desktop_from if prefs is not None and prefs.desktop_from else Level.CRITICAL
 
 
 def endpoint(name: str, origin: str = "") -> str:
@@ -236,6 +255,7 @@ def alarms_toasts(
         auto_hide=auto_hide,
         max_visible=max_visible,
         nonce=csp_nonce(context, request),
+        desktop_from=desktop_floor(user),
     )
 
 

@@ -2,6 +2,7 @@ import { Badges, markItems } from "./badge.js";
 import { readConfig } from "./config.js";
 import { parseJSON, warnOnce } from "./log.js";
 import { isCrossOrigin } from "./net.js";
+import { Notifier, permissionButton, permissionState } from "./notify.js";
 import { Outbox } from "./outbox.js";
 import { IdSet, Store, TabStore } from "./storage.js";
 import { Stream } from "./stream.js";
@@ -47,6 +48,7 @@ class Client {
     this.badges = new Badges();
     this.toasts = new Toasts(config, this.words, this.tabStore, (id) => this.dismissByUser(id));
     this.stream = new Stream(config.streamUrl, (name, text) => this.onStreamEvent(name, text));
+    this.notifier = new Notifier(config, this.store, emit);
     this.known = new Map(); // id -> payload of alarms live for this user
     this.leader = false;
     // The language alarm texts are shown in on this page: the page's own at
@@ -67,14 +69,15 @@ class Client {
     return data.level === "critical" || !this.seenIds.has(data.id);
   }
 
+  // True for an alarm this page shows or would toast (not cancelled).
   handle(name, data, fresh) {
     if (!data || typeof data.id !== "number") {
-      return;
+      return false;
     }
     const id = data.id;
     if (name === "alarm") {
       if (!validPayload(data) || this.dismissedIds.has(id)) {
-        return;
+        return false;
       }
       const update = this.known.has(id) || this.toasts.has(id);
       this.known.set(id, data);
@@ -86,6 +89,7 @@ class Client {
         this.toasts.show(data);
         this.seenIds.local.add(id); // the leader stores and reports it
       }
+      return wanted;
     } else if (name === "retract") {
       this.forget(id);
       emit("alarms:retracted", { id: id });
@@ -97,6 +101,7 @@ class Client {
         emit("alarms:dismissed", { id: id, source: "elsewhere" });
       }
     }
+    return false;
   }
 
   forget(id) {
@@ -105,6 +110,7 @@ class Client {
     this.badges.remove(id);
     markItems(id);
     this.toasts.close(id);
+    this.notifier.close(id);
   }
 
   onStreamEvent(name, text) {
@@ -114,7 +120,10 @@ class Client {
     }
     const fresh = name === "alarm" ? this.isFresh(data) : false;
     const firstTime = fresh && !this.seenIds.has(data.id) && !this.dismissedIds.has(data.id);
-    this.handle(name, data, fresh);
+    const wanted = this.handle(name, data, fresh);
+    if (wanted && fresh) {
+      this.notifier.consider(data);
+    }
     if (firstTime) {
       // Only the leader records "seen": localStorage reaches other tabs later
       // than BroadcastChannel does, so they could not tell it was done.
@@ -174,6 +183,7 @@ class Client {
         }
         break;
       default:
+        this.notifier.onMessage(message);
         break;
     }
   }
@@ -284,6 +294,7 @@ class Client {
     this.stream.language = this.store.get("language", "") || this.config.language;
     this.follow(this.stream.language);
     this.stream.start();
+    this.notifier.lead();
   }
 
   stepDown() {
@@ -310,6 +321,7 @@ class Client {
     }
     const prefix = this.config.prefix;
     this.channel = new Channel(prefix + "channel", (message) => this.onChannelMessage(message));
+    this.notifier.start((message) => this.channel && this.channel.post(message));
     this.store.set("language", this.config.language);
     this.election = elect(
       prefix + "leader",
@@ -323,6 +335,7 @@ class Client {
     this.seenOutbox.flush(true);
     this.dismissOutbox.flush(true);
     this.stepDown();
+    this.notifier.stop(); // before the channel closes: this tab is not visible any more
     if (this.election) {
       this.election.stop();
       this.election = null;
@@ -338,6 +351,7 @@ class Client {
     const previous = this.store.get("language", "");
     this.toasts.ensureRegion();
     this.badges.init(this.dismissedIds);
+    permissionButton(emit);
     this.start();
     if (previous && previous !== this.config.language) {
       // This page replaces one of this tab in another language (the language
@@ -357,7 +371,11 @@ class Client {
         streaming: this.stream.streaming,
         language: this.leader ? this.stream.language : this.alarmLanguage,
         lastEventId: this.stream.lastEventId,
-        shown: this.toasts.ids()
+        shown: this.toasts.ids(),
+        notify: {
+          permission: permissionState(),
+          tabVisible: this.notifier.anyVisible()
+        }
       })
     };
   }

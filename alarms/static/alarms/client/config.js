@@ -28,6 +28,8 @@ export function readConfig(ds) {
     maxVisible: Math.max(1, toInt(ds.maxVisible, 3)),
     region: ds.region || "alarms-region",
     labels: parseJSON(ds.labels, {}, "data-labels") || {},
-    pluralRule: ds.pluralRule || ""
+    pluralRule: ds.pluralRule || "",
+    // The lowest level that raises a desktop notification (notify.js).
+    desktopFrom: ds.desktopFrom || "critical"
   };
 }

@@ -46,7 +46,7 @@ function reducedMotion() {
 }
 
 // http(s) addresses and paths of the alarm server's site only: never javascript:, data:...
-function safeLink(url, streamUrl) {
+export function safeLink(url, streamUrl) {
   if (typeof url !== "string" || !url || /[\u0000-\u0020\\]/.test(url)) {
     return null;
   }
