@@ -261,8 +261,9 @@ class BaseBroker:
         while True:
             await self.access.authorise_again(rows)
             if rows:
+                tests = await operator.load_tests(self, rows)
                 self._apply(rows, loaded)
-                await operator.send_tests(self, rows)
+                operator.send_tests(self, rows, tests)
             if len(rows) < BATCH:
                 break
             rows, loaded, _newest = await self.read_db(self.reads.changes, self.head)

@@ -27,14 +27,25 @@ logger = logging.getLogger("alarms.broker")
 TEST = "test"
 
 
-async def send_tests(broker: BaseBroker, rows: list[Row]) -> int:
-    """Send the test rows among ``rows`` to their users' streams here; how many events."""
+async def load_tests(broker: BaseBroker, rows: list[Row]) -> dict[int, str]:
+    """The details of the test rows among ``rows`` whose user has a stream here
+    (no query when there is none)."""
     by_user = broker.subscribers.by_user
     wanted = [row[0] for row in rows if row[2] == TEST and row[3] in by_user]
     if not wanted:
+        return {}
+    return await broker.read_db(load_details, broker.alias, wanted)
+
+
+def send_tests(broker: BaseBroker, rows: list[Row], details: Mapping[int, str]) -> int:
+    """Send the tests of ``details`` to their users' streams here; how many events.
+
+    Called right after the same read's alarm changes are queued, with no await
+    between: a test comes after the alarm events of its read, not between them.
+    """
+    if not details:
         return 0
-    details = await broker.read_db(load_details, broker.alias, wanted)
-    queued = fan_out(rows, details, by_user)
+    queued = fan_out(rows, details, broker.subscribers.by_user)
     broker.counters.events += queued
     return queued
 
