@@ -220,6 +220,7 @@ class Panel {
       row.setAttribute("data-language", item.code);
       row.setAttribute("data-readers", String(item.readers));
       row.setAttribute("data-fallback", String(item.fallback));
+      row.setAttribute("data-translation", item.translation || "");
       row.appendChild(el("th", "", item.name));
       row.lastChild.setAttribute("scope", "row");
       row.appendChild(el("td", "", String(item.readers)));
