@@ -163,7 +163,6 @@ class OperatorBrokerContract:
         async def test(broker: BaseBroker) -> None:
             mine = [broker.subscribe(state(me)), broker.subscribe(state(me, "ko"))]
             others = [broker.subscribe(state(other)), broker.subscribe(state())]
-            before = broker.head
             await sync_to_async(journal.record_test)(me.pk, payloads)
             marker = await sync_to_async(api.send_alarm)(en("Marker"), audience="everyone")
             for sub in mine:
@@ -189,7 +188,9 @@ class OperatorBrokerContract:
             # A page opened now, or resuming from before the test, is not sent it.
             fresh = broker.subscribe(state(me))
             assert all(b"event: test" not in c for c in snapshot(broker, fresh, set()))
-            since = (before, int(time.time() * 1000) - 60_000)
+            row = await AlarmChange.objects.filter(kind="test").alast()
+            assert row is not None
+            since = (row.pk - 1, int(time.time() * 1000) - 60_000)  # just before the test
             missed = await broker.run_db(broker.reads.missed, fresh.viewer, since, broker.head)
             assert missed is not None and missed.changed == {marker.pk}
             assert not missed.dismissed and not missed.retract

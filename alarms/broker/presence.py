@@ -146,13 +146,15 @@ class Presence:
                 if self.streams:
                     # Serialised on the loop (the counts change only here), written in a thread.
                     text = json.dumps(self.data(), separators=(",", ":"))
-                    await broker.run_db(write, broker.alias, self.process, text, timezone.now())
+                    await broker.housekeeping_db(
+                        write, broker.alias, self.process, text, timezone.now()
+                    )
                     self._row = True
                     self.writes += 1
                 elif self._row:
-                    await broker.run_db(delete, broker.alias, self.process)
+                    await broker.housekeeping_db(delete, broker.alias, self.process)
                     self._row = False
-            elif self.streams and not await broker.run_db(
+            elif self.streams and not await broker.housekeeping_db(
                 touch, broker.alias, self.process, timezone.now()
             ):
                 self.changed = True  # our row was deleted (a prune, a flush): write it again
@@ -179,7 +181,7 @@ class Presence:
                 await self._task
             self._task = None
         with contextlib.suppress(Exception):
-            await self.broker.run_db(delete, self.broker.alias, self.process)
+            await self.broker.housekeeping_db(delete, self.broker.alias, self.process)
 
 
 def write(alias: str, process: str, text: str, now: datetime) -> None:
