@@ -6,18 +6,20 @@ from typing import TYPE_CHECKING, Any, cast
 
 from django.conf import settings
 from django.contrib import admin, messages
+from django.contrib.admin.views.main import ChangeList
 from django.db import transaction
 from django.db.models import Count, Exists, IntegerField, OuterRef, QuerySet, Subquery
 from django.db.models.functions import Coalesce
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.template.response import TemplateResponse
+from django.urls import URLPattern, path
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
-from alarms import api, rules, signals, tokens
+from alarms import api, operator, reach, rules, signals, tokens
 from alarms.forms import AlarmAdminForm, AlarmTokenForm, AlarmTranslationFormSet, language_name
 from alarms.models import Alarm, AlarmReceipt, AlarmToken, AlarmTranslation
 
@@ -93,6 +95,45 @@ class LanguageFilter(admin.SimpleListFilter):
         return queryset.filter(~translated if value.startswith("-") else translated)
 
 
+class AlarmChangeList(ChangeList):
+    """The alarm change list, with each row's live reach worked out for the page at once."""
+
+    def get_results(self, request: HttpRequest) -> None:
+        super().get_results(request)
+        # Evaluates the page's queryset once; the template iterates the same one.
+        annotate_reach(list(self.result_list))
+
+
+def annotate_reach(alarms: list[Alarm]) -> None:
+    """Set ``reach_now`` on each alarm: its readers online now and how many of them get
+    a fallback. One read of the presence rows, the staff and the selected alarms'
+    users and groups for the whole page, never a query per row."""
+    if not alarms:
+        return
+    found = reach.online()
+    members = reach.Members()
+    selected = [a.pk for a in alarms if a.audience == rules.SELECTED]
+    users: dict[int, set[int]] = {pk: set() for pk in selected}
+    groups: dict[int, set[int]] = {pk: set() for pk in selected}
+    if selected:
+        for relation, into, column in (
+            (Alarm.users.through, users, "user_id"),
+            (Alarm.groups.through, groups, "group_id"),
+        ):
+            rows = relation.objects.filter(alarm_id__in=selected).values_list("alarm_id", column)
+            for alarm_id, member in rows:
+                into[alarm_id].add(member)
+        members.load_groups(set().union(*groups.values()))
+    for alarm in alarms:
+        target = reach.Target(
+            alarm.audience,
+            frozenset(users.get(alarm.pk, ())),
+            frozenset(groups.get(alarm.pk, ())),
+        )
+        codes = [t.language_code for t in alarm.translations.all()]
+        alarm.reach_now = reach.count(found, target, codes, members)  # type: ignore[attr-defined]
+
+
 class AlarmTranslationInline(_TranslationInlineBase):
     model = AlarmTranslation
     formset = AlarmTranslationFormSet
@@ -118,9 +159,12 @@ class AlarmTranslationInline(_TranslationInlineBase):
 @admin.register(Alarm)
 class AlarmAdmin(_AlarmAdminBase):
     class Media:
-        css = {"all": ("alarms/admin.css",)}
+        # alarms.css: the live preview shows each language in the toast's own markup.
+        css = {"all": ("alarms/alarms.css", "alarms/admin.css")}
 
     form = AlarmAdminForm
+    # The test send, the live preview and the live reach (alarms/operator.py).
+    change_form_template = "alarms/admin/alarm_change_form.html"
     inlines = (AlarmTranslationInline,)
     list_display = (
         "__str__",
@@ -131,6 +175,7 @@ class AlarmAdmin(_AlarmAdminBase):
         "languages_missing",
         "seen_count",
         "dismissed_count",
+        "online_now",
         "publish_at",
         "expires_at",
     )
@@ -190,6 +235,16 @@ class AlarmAdmin(_AlarmAdminBase):
 
     # -- change list columns -----------------------------------------------
 
+    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
+        return AlarmChangeList
+
+    @admin.display(description=_("online now / fallback"))
+    def online_now(self, obj: Alarm) -> str:
+        found: reach.Reach | None = getattr(obj, "reach_now", None)
+        if found is None:
+            return "-"
+        return f"{found.readers} / {found.fallback}"
+
     @admin.display(description=_("status"), ordering="status_code")
     def status_display(self, obj: Alarm) -> str:
         return str(STATUS_LABELS[getattr(obj, "status_code", None) or obj.status])
@@ -213,6 +268,41 @@ class AlarmAdmin(_AlarmAdminBase):
         return getattr(obj, "dismissed", 0)
 
     # -- change form -------------------------------------------------------
+
+    def get_urls(self) -> list[URLPattern]:
+        info = self.opts.app_label, self.opts.model_name
+        own = [
+            path(
+                "operator/test/",
+                self.admin_site.admin_view(self.test_send_view),
+                name=f"{info[0]}_{info[1]}_test",
+            ),
+            path(
+                "operator/reach/",
+                self.admin_site.admin_view(self.reach_view),
+                name=f"{info[0]}_{info[1]}_reach",
+            ),
+        ]
+        # Before the admin's own: its "<path:object_id>/" would take these.
+        return own + super().get_urls()
+
+    def test_send_view(self, request: HttpRequest) -> JsonResponse:
+        return operator.test_send(self, request)
+
+    def reach_view(self, request: HttpRequest) -> JsonResponse:
+        return operator.reach_view(self, request)
+
+    def render_change_form(
+        self,
+        request: HttpRequest,
+        context: dict[str, Any],
+        add: bool = False,
+        change: bool = False,
+        form_url: str = "",
+        obj: Alarm | None = None,
+    ) -> HttpResponse:
+        context["alarms_operator"] = operator.form_context(request, obj)
+        return super().render_change_form(request, context, add, change, form_url, obj)
 
     @admin.display(description=_("Preview"))
     def preview(self, obj: Alarm) -> SafeString | StrOrPromise:

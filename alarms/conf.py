@@ -73,6 +73,12 @@ DEFAULTS: dict[str, Any] = {
     # block (and may have "title"). None: the app's own standalone page, so that
     # the app works in a project without a base.html.
     "BASE_TEMPLATE": None,
+    # Live reach in the admin (alarms.reach): seconds between two writes of a
+    # broker's presence row when its streams change (at most), and seconds after
+    # which a row no longer counts (its process is taken for gone). A broker with
+    # open streams touches its row every third of PRESENCE_TTL.
+    "PRESENCE_INTERVAL": 2.0,
+    "PRESENCE_TTL": 60,
 }
 
 

@@ -58,6 +58,15 @@ def dismiss(alarm_id: int, event_id: str) -> bytes:
     return encode(dumps({"id": alarm_id}), event="dismiss", id=event_id)
 
 
+def test(payload: dict[str, Any]) -> bytes:
+    """An operator's test of an alarm (``alarms.operator``): its own event type, so
+    a client that does not know it shows nothing, and no ``id:`` line, so the
+    stream's Last-Event-ID stays where the journal's real events put it. The
+    payload is a reader payload with ``"test": true`` and a string id
+    (``"test-<journal row>-<language>"``), which no alarm id can equal."""
+    return encode(dumps(payload), event="test")
+
+
 def format_event_id(seq: int, millis: int) -> str:
     return f"{seq}-{millis}"
 

@@ -32,6 +32,10 @@ def language_name(code: str) -> str:
 
 
 class AlarmAdminForm(_AlarmFormBase):
+    #: True for the admin's "Send a test to me" (``alarms.operator``): the same
+    #: validation, but storm control does not apply, since nothing is published.
+    test_send = False
+
     # withdrawn_at is not editable on the model; the checkbox sets or clears it
     # so that a draft (see the "duplicate" action) can be published from here.
     withdrawn = forms.BooleanField(
@@ -98,7 +102,7 @@ class AlarmAdminForm(_AlarmFormBase):
         publication (a typo fixed, an expiry moved) sends nothing new. Compared with
         the saved alarm rather than the form's initial data, which a client may omit.
         """
-        if cleaned.get("withdrawn"):
+        if cleaned.get("withdrawn") or self.test_send:
             return False
         old = self.instance
         if old.pk is None or old.withdrawn_at is not None:

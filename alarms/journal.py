@@ -80,6 +80,11 @@ authorisation depends on, so every process re-makes it within a read:
 ``access`` rows (a user's groups, flags or password changed, or the user was
 deleted: their streams are authorised again from their sessions) and
 ``session`` rows (a session ended: the streams opened with it close).
+
+And one kind that is no change at all: ``test`` rows, an operator's "Send a
+test to me" from the admin (``record_test``). The journal is the one path that
+reaches every process, so the test travels on it; the broker sends it to that
+user's open streams and nowhere else, and never replays it.
 """
 
 from __future__ import annotations
@@ -173,6 +178,30 @@ def record_session_end(session_key: str, user_id: int | None) -> None:
         user_id=user_id,
         session=session_digest(session_key),
     )
+    _write([row], router.db_for_write(AlarmChange))
+
+
+#: The most a test row's detail may hold (characters of JSON): every translation
+#: of an alarm at its longest fits many times over; more is no alarm of ours.
+MAX_TEST_DETAIL = 256 * 1024
+
+
+class TestTooLarge(ValueError):
+    """The payloads of a test send are larger than ``MAX_TEST_DETAIL``."""
+
+
+def record_test(user_id: int, payloads: list[dict[str, Any]]) -> None:
+    """Send ``payloads`` (reader payloads, one per language) to the open streams of
+    ``user_id`` only, marked as a test: one ``test`` row, no alarm, no receipt.
+
+    Raises :class:`TestTooLarge` (and writes nothing) past ``MAX_TEST_DETAIL``.
+    """
+    from alarms.models import AlarmChange
+
+    detail = json.dumps(payloads, ensure_ascii=False, separators=(",", ":"))
+    if len(detail) > MAX_TEST_DETAIL:
+        raise TestTooLarge(f"{len(detail)} characters of test payloads, {MAX_TEST_DETAIL} at most")
+    row = AlarmChange(alarm_id=0, kind=AlarmChange.Kind.TEST, user_id=user_id, detail=detail)
     _write([row], router.db_for_write(AlarmChange))
 
 

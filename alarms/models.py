@@ -443,6 +443,10 @@ class AlarmChange(models.Model):
         ACCESS = "access", _("a user's access changed")
         # A session ended (logout, flush): the streams opened with it close.
         SESSION = "session", _("a session ended")
+        # An operator's "Send a test to me" (alarms.operator): delivered to that
+        # user's open streams only, never replayed; alarm_id is 0, the payloads
+        # are in detail.
+        TEST = "test", _("a test sent to its author")
 
     alarm_id = models.BigIntegerField(_("alarm id"))
     kind = models.CharField(_("kind"), max_length=8, choices=Kind, default=Kind.ALARM)
@@ -465,3 +469,27 @@ class AlarmChange(models.Model):
 
     def __str__(self) -> str:
         return f"#{self.pk} {self.kind} {self.alarm_id}"
+
+
+class AlarmPresence(models.Model):
+    """Who one process's broker has streams open for, per language (``alarms.reach``).
+
+    Each broker writes its own row, at most every ``PRESENCE_INTERVAL`` seconds
+    and only when its streams changed, and touches it while they stay open; a
+    row older than ``PRESENCE_TTL`` belongs to a process that is gone and is
+    not counted. The admin reads these rows for the live reach of an alarm.
+    """
+
+    process = models.CharField(_("process"), max_length=100, unique=True)
+    updated_at = models.DateTimeField(_("updated at"), db_index=True)
+    # JSON text, as AlarmChange.detail: {"v": 1, "languages": {code: {"anonymous": n,
+    # "users": [sorted user ids]}}}.
+    data = models.TextField(_("data"), default="")
+
+    class Meta:
+        verbose_name = _("presence")
+        verbose_name_plural = _("presence")
+        ordering = ("process",)
+
+    def __str__(self) -> str:
+        return self.process

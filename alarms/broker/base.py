@@ -30,11 +30,12 @@ from django.db import connections
 from django.utils import timezone
 
 from alarms import events, runtime
-from alarms.broker import fanout
+from alarms.broker import fanout, operator
 from alarms.broker.access import Access
 from alarms.broker.cache import CachedAlarm
 from alarms.broker.counters import CloseReason, Counters, Timings
 from alarms.broker.loads import Loads
+from alarms.broker.presence import Presence
 from alarms.broker.reads import BATCH, ConnectState, Reads, Row
 from alarms.broker.subscribers import AddressFull, BrokerFull, Subscriber, Subscribers
 from alarms.broker.threads import QUEUED, URGENT, DatabaseQueue
@@ -65,6 +66,7 @@ class BaseBroker:
         self.alarms: dict[int, CachedAlarm] = {}
         self.head = 0
         self.subscribers = Subscribers()
+        self.presence = Presence(self)  # who is online, for the admin (alarms.reach)
         self.access = Access(self)
         self.loop: asyncio.AbstractEventLoop | None = None
         self._executor = ThreadPoolExecutor(
@@ -179,6 +181,7 @@ class BaseBroker:
                 await self._task
         await self.on_stop()
         self._task = None
+        await self.presence.stop()
         await self._close_connections()
 
     async def _close_connections(self) -> None:
@@ -217,6 +220,12 @@ class BaseBroker:
         Calls queue for the threads behind the broker's own reads (see
         :meth:`read_db`): a storm of connects waits, delivery does not.
         """
+        return await self._db_queue.run(QUEUED, self._executor, func, args)
+
+    async def housekeeping_db(self, func: Callable[..., T], *args: Any) -> T:
+        """:meth:`run_db` for the broker's own upkeep (its presence row), queued as a
+        connect load is; apart from ``run_db`` so that what counts or wraps the
+        connect path's trips (its tests) sees only those."""
         return await self._db_queue.run(QUEUED, self._executor, func, args)
 
     async def read_db(self, func: Callable[..., T], *args: Any) -> T:
@@ -258,7 +267,9 @@ class BaseBroker:
         while True:
             await self.access.authorise_again(rows)
             if rows:
+                tests = await operator.load_tests(self, rows)
                 self._apply(rows, loaded)
+                operator.send_tests(self, rows, tests)
             if len(rows) < BATCH:
                 break
             rows, loaded, _newest = await self.read_db(self.reads.changes, self.head)
@@ -355,10 +366,14 @@ class BaseBroker:
             sub.session = session_digest(state.session_key)
             sub.expires_at = state.expires_at.timestamp() if state.expires_at else None
         self.subscribers.add(sub, config["MAX_STREAMS_PER_USER"])
+        self.presence.joined(sub.viewer)
         self.access.connected(sub, state.head)
         self.counters.connects += 1
         return sub
 
     def unsubscribe(self, sub: Subscriber) -> None:
-        if self.subscribers.remove(sub) and sub.closed:
+        removed = self.subscribers.remove(sub)
+        if removed:
+            self.presence.left(sub.viewer)
+        if removed and sub.closed:
             self.counters.closed(sub.closed)

@@ -532,6 +532,9 @@ class Reads:
                 journal.filter(
                     id__gt=min(seqs[i] for i in behind),
                     id__lte=max(heads[i] for i in behind),
+                    # Never "test" rows (an operator's test send): a test goes to
+                    # the streams open when it is sent, and a page opened or
+                    # resumed later must not show it again as if it were news.
                     kind__in=("alarm", "dismiss"),
                 ).values_list("id", "alarm_id", "kind", "user_id", "detail")
             )

@@ -95,6 +95,8 @@ def labels() -> dict[str, Any]:
             for n in samples
         ],
         "fewer": gettext("Show fewer"),
+        # The mark on an operator's test of an alarm (the admin's "Send a test to me").
+        "test": gettext("Test"),
         # The level names the models already translate.
         **{level: str(name) for level, name in Level.choices},
     }

@@ -19,6 +19,19 @@ function emit(name, detail, cancelable) {
   return document.dispatchEvent(event);
 }
 
+// An operator's test (the admin's "Send a test to me"): a reader payload whose
+// id is a string, "test-<journal row>-<language>", so it never meets an alarm's.
+function validTest(data) {
+  return (
+    data &&
+    typeof data === "object" &&
+    data.test === true &&
+    typeof data.id === "string" &&
+    data.id.indexOf("test-") === 0 &&
+    LEVELS.indexOf(data.level) !== -1
+  );
+}
+
 function validPayload(data) {
   return (
     data &&
@@ -71,6 +84,13 @@ class Client {
 
   // True for an alarm this page shows or would toast (not cancelled).
   handle(name, data, fresh) {
+    if (name === "test") {
+      // Shown once per page, never stored, never reported as seen or dismissed.
+      if (validTest(data) && !this.toasts.shownHere.has(data.id)) {
+        this.toasts.show(data);
+      }
+      return;
+    }
     if (!data || typeof data.id !== "number") {
       return false;
     }
@@ -115,6 +135,11 @@ class Client {
 
   onStreamEvent(name, text) {
     const data = parseJSON(text, null, "an event of the stream");
+    if (name === "test") {
+      this.handle(name, data, true);
+      this.channel.post({ type: "event", name: name, data: data, fresh: true });
+      return;
+    }
     if (!data || typeof data.id !== "number") {
       return;
     }
@@ -303,6 +328,10 @@ class Client {
   }
 
   dismissByUser(id) {
+    if (typeof id !== "number") {
+      this.toasts.close(id); // a test: closed on this page, no receipt
+      return;
+    }
     const shown = this.known.get(id);
     this.dismissedIds.add(id);
     this.forget(id);

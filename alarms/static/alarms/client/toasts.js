@@ -139,6 +139,8 @@ export class Toasts {
     const iconBox = el("span", "alarms-icon");
     iconBox.setAttribute("role", "img");
     const body = el("div", "alarms-body");
+    const mark = el("span", "alarms-test-mark");
+    mark.setAttribute("lang", this.config.language);
     const title = el("p", "alarms-title");
     const message = el("p", "alarms-message");
     const link = el("a", "alarms-link");
@@ -162,6 +164,7 @@ export class Toasts {
       id: data.id,
       node: node,
       icon: iconBox,
+      mark: mark,
       title: title,
       message: message,
       link: link,
@@ -223,7 +226,7 @@ export class Toasts {
     const level = data.level;
     const language = this.config.language;
     const words = this.words;
-    node.className = "alarms-toast alarms-toast--" + level;
+    node.className = "alarms-toast alarms-toast--" + level + (data.test ? " alarms-toast--test" : "");
     node.setAttribute("data-alarm-id", String(data.id));
     node.setAttribute("data-level", level);
     node.setAttribute("lang", data.language || "");
@@ -235,6 +238,11 @@ export class Toasts {
     toast.icon.setAttribute("aria-label", words.label(level, level));
     toast.icon.setAttribute("lang", language);
     toast.title.textContent = data.title || "";
+    if (data.test) {
+      // An operator's test: marked in the page's language, before the title.
+      toast.mark.textContent = words.label("test", "Test");
+      toast.title.insertBefore(toast.mark, toast.title.firstChild);
+    }
     toast.message.textContent = data.message || "";
     const href = safeLink(data.url, this.config.streamUrl);
     if (href) {
