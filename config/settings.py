@@ -231,6 +231,21 @@ LOGGING = {
 }
 
 # ---------------------------------------------------------------------------
+# Email (the escalation of unseen alarms, docs/escalation.md)
+# ---------------------------------------------------------------------------
+# EMAIL_URL=smtp+tls://user:password@mail.example.com:587; the console by default.
+vars().update(
+    {
+        key: value
+        for key, value in env.email_url("EMAIL_URL", default="consolemail://").items()
+        if value not in (None, "")
+    }
+)
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="webmaster@localhost")
+# Seconds; below ALARMS["ESCALATE"]["LEASE"] (alarms.W004).
+EMAIL_TIMEOUT = env.int("EMAIL_TIMEOUT", default=30)
+
+# ---------------------------------------------------------------------------
 # Alarms (see alarms/conf.py for every key and its default)
 # ---------------------------------------------------------------------------
 ALARMS: dict[str, object] = {
@@ -239,3 +254,10 @@ ALARMS: dict[str, object] = {
     # The alarm centre inside the demo's own layout (templates/base.html).
     "BASE_TEMPLATE": "base.html",
 }
+if escalate_base_url := env.str("ALARMS_ESCALATE_BASE_URL", default=""):
+    # Email critical alarms unseen after ALARMS_ESCALATE_AFTER minutes; run
+    # `manage.py escalate_alarms` from a timer (docs/escalation.md).
+    ALARMS["ESCALATE"] = {
+        "BASE_URL": escalate_base_url,
+        "AFTER": env.float("ALARMS_ESCALATE_AFTER", default=10),
+    }
