@@ -150,6 +150,8 @@ def test_never_to_inactive_users_or_users_without_an_address() -> None:
     critical()
 
     assert recipients_of(run()) == ["ann@example.com"]
+    # Not even claimed (Django itself would drop an empty address silently).
+    assert list(AlarmEscalation.objects.values_list("user__username", flat=True)) == ["ann"]
 
 
 @pytest.mark.parametrize("field", ["seen_at", "dismissed_at"])
@@ -265,6 +267,21 @@ def test_a_claim_whose_sender_died_is_taken_over_after_the_lease() -> None:
     assert escalation.claimed_by != "dead:1:x"
 
 
+def test_a_sender_whose_claim_was_taken_over_does_not_send() -> None:
+    ann = reader("ann")
+    alarm = critical()
+    slow, other = Escalator(), Escalator()
+    [claim] = slow.claim(alarm, [ann.pk])
+    # The slow one's lease ran out and another process took the email over.
+    AlarmEscalation.objects.update(claimed_at=ago(seconds=61))
+    [taken] = other.claim(alarm, [ann.pk])
+
+    assert slow.deliver(claim, alarm, mail.get_connection()) == "lost"
+    assert mail.outbox == []
+    assert other.deliver(taken, alarm, mail.get_connection()) == "sent"
+    assert len(mail.outbox) == 1
+
+
 def test_a_sent_email_is_never_taken_over() -> None:
     ann = reader("ann")
     alarm = critical()
@@ -299,12 +316,19 @@ def test_a_stop_releases_the_claims_not_tried() -> None:
     reader("ann")
     reader("bob")
     critical()
-    escalator = Escalator()
-    escalator.stop.set()
 
-    assert escalator.run_once().sent == 0
-    assert not AlarmEscalation.objects.exclude(claimed_by="").exists()
-    assert recipients_of(run()) == ["ann@example.com", "bob@example.com"]
+    class StopsAfterOne(Escalator):
+        def deliver(self, *args: Any) -> str:
+            outcome = super().deliver(*args)
+            self.stop.set()  # as SIGTERM would, between two emails
+            return outcome
+
+    assert StopsAfterOne().run_once().sent == 1
+    assert recipients_of(mail.outbox) == ["ann@example.com"]
+    bob = AlarmEscalation.objects.get(user__username="bob")
+    assert (bob.claimed_by, bob.sent_at, bob.attempts) == ("", None, 0)
+    # Free at once for the next pass, not only after the lease.
+    assert recipients_of(run()) == ["bob@example.com"]
 
 
 def test_seen_between_claim_and_send_is_not_sent() -> None:
