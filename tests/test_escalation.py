@@ -653,3 +653,19 @@ def test_w004_no_email_timeout_below_the_lease() -> None:
     assert check_ids(ESCALATE, EMAIL_TIMEOUT=None) == ["alarms.W004"]
     assert check_ids(ESCALATE, EMAIL_TIMEOUT=60) == ["alarms.W004"]
     assert check_ids(ESCALATE, EMAIL_TIMEOUT=59) == []
+
+
+def test_the_admin_lists_escalations_read_only() -> None:
+    ann = reader("ann")
+    alarm = critical()
+    AlarmEscalation.objects.create(
+        alarm=alarm, user=ann, claimed_at=ago(minutes=1), attempts=2, error="SMTPDataError(451)"
+    )
+    client = Client()
+    client.force_login(make_user("root", is_staff=True, is_superuser=True))
+
+    page = client.get(reverse("admin:alarms_alarmescalation_changelist"))
+
+    assert page.status_code == 200
+    assert b"SMTPDataError(451)" in page.content
+    assert client.get(reverse("admin:alarms_alarmescalation_add")).status_code == 403
