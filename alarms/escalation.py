@@ -155,13 +155,15 @@ def absolute(base_url: str, path: str) -> str:
 
 def user_language(user: Any) -> str:
     """The user's stored language if the site speaks it, else ``LANGUAGE_CODE``."""
-    prefs = for_user(user)
+    return language_of(for_user(user))
+
+
+def language_of(prefs: Preferences | None) -> str:
     return supported_language(prefs.language if prefs else None) or default_language()
 
 
-def user_zone(user: Any) -> tzinfo:
-    """The user's stored time zone if it is a known one, else ``TIME_ZONE``."""
-    prefs = for_user(user)
+def zone_of(prefs: Preferences | None) -> tzinfo:
+    """The stored time zone if it is a known one, else ``TIME_ZONE``."""
     if prefs and prefs.time_zone:
         try:
             return zoneinfo.ZoneInfo(prefs.time_zone)
@@ -172,8 +174,9 @@ def user_zone(user: Any) -> tzinfo:
 
 def build_message(alarm: Alarm, user: Any, config: dict[str, Any]) -> EmailMultiAlternatives:
     """The email of ``alarm`` to ``user``: text and HTML parts, in their language and zone."""
-    language = user_language(user)
-    zone = user_zone(user)
+    prefs = for_user(user)
+    language = language_of(prefs)
+    zone = zone_of(prefs)
     base_url: str = config["BASE_URL"]
     address = getattr(user, get_user_model().get_email_field_name())
     with translation.override(language), timezone.override(zone):
