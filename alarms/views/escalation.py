@@ -21,6 +21,7 @@ from django.core import signing
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.utils import translation
+from django.utils.translation import gettext as _
 from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
@@ -55,7 +56,7 @@ def seen(request: HttpRequest, token: str) -> HttpResponse:
             else:
                 state = _receipt_state(user, alarm) or "ask"
         if state == "bad_action":
-            response = HttpResponse("Send action=seen or action=dismiss.", status=400)
+            response = HttpResponse(_("Send action=seen or action=dismiss."), status=400)
         else:
             response = render(
                 request,
