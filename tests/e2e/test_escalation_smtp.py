@@ -28,7 +28,10 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 from django.contrib.auth.models import User
+from django.urls import reverse
 
+from alarms import api
+from alarms.escalation import make_token
 from alarms.models import AlarmEscalation, AlarmReceipt, Preferences
 from tests.e2e.conftest import (
     ARTIFACTS,
@@ -38,9 +41,11 @@ from tests.e2e.conftest import (
     database_url,
     end_database_sessions,
     free_port,
+    open_stream,
     stop_process,
 )
 from tests.factories import ago, make_alarm, make_user
+from tests.helpers import en
 
 pytestmark = pytest.mark.e2e
 
@@ -265,3 +270,24 @@ def test_two_processes_and_a_restart_send_each_email_exactly_once(
     receipt = AlarmReceipt.objects.get(user=users[1], alarm=alarms[0])
     assert receipt.seen_at is not None
     assert receipt.language == "ko"
+
+
+def test_dismissing_from_the_emailed_link_closes_the_toast_on_open_pages(
+    server: Server, make_user: Any, session_cookie: Any
+) -> None:
+    """The link's "dismiss" goes through alarms.api, whose journal row reaches the
+    reader's open stream; the click itself comes from a browser not signed in."""
+    ann = make_user("ann", email="ann@example.com")
+    alarm = api.send_alarm(en("Disk full"), level="critical")
+    url = f"{server.url}{reverse('alarms:email_seen', args=[make_token(ann.pk, alarm.pk)])}"
+    with open_stream(server, session_cookie(ann)) as stream:
+        event = stream.next_event(15)
+        assert (event.event, event.json()["id"]) == ("alarm", alarm.pk)
+
+        body = urllib.parse.urlencode({"action": "dismiss"}).encode()
+        with urllib.request.urlopen(urllib.request.Request(url, data=body), timeout=10) as page:
+            assert 'data-state="dismissed"' in page.read().decode()
+
+        event = stream.next_event(15)
+        assert (event.event, event.json()) == ("dismiss", {"id": alarm.pk})
+    assert AlarmReceipt.objects.get(user=ann, alarm=alarm).dismissed_at is not None
