@@ -196,15 +196,22 @@ def escalate_errors(value: Any) -> list[Error | Warning]:
             Error(f"ALARMS['ESCALATE']: {problem}.", hint=hint, id="alarms.E008")
             for problem in problems
         ]
-    timeout = getattr(settings, "EMAIL_TIMEOUT", None)
+    from alarms.escalation import SMTP_BACKEND, mail_backend
+
+    backend, timeout = mail_backend()
+    try:
+        smtp = issubclass(import_string(backend), import_string(SMTP_BACKEND))
+    except ImportError:
+        smtp = False  # Django's own check reports it at the first send
     lease = config["LEASE"]
-    if timeout is None or timeout >= lease:
+    if smtp and (timeout is None or timeout >= lease):
         return [
             Warning(
-                f"EMAIL_TIMEOUT is {timeout!r}, not shorter than ALARMS['ESCALATE']['LEASE'] "
-                f"({lease!r} seconds).",
+                f"The SMTP timeout is {timeout!r}, not shorter than "
+                f"ALARMS['ESCALATE']['LEASE'] ({lease!r} seconds).",
                 hint="An SMTP exchange that hangs past the lease lets another process send "
-                "the same email again. Set EMAIL_TIMEOUT (seconds) below the lease.",
+                "the same email again. Set EMAIL_TIMEOUT (or the default mailer's "
+                "OPTIONS['timeout']) below the lease.",
                 id="alarms.W004",
             )
         ]

@@ -227,6 +227,33 @@ def build_message(alarm: Alarm, user: Any, config: dict[str, Any]) -> EmailMulti
     return message
 
 
+# -- the mail backend -----------------------------------------------------------
+
+SMTP_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+
+
+def mail_connection() -> Any:
+    """A connection of the default mailer: ``mailers.default`` where the project
+    has ``MAILERS`` (Django 6.1, where ``get_connection()`` is deprecated), else
+    ``get_connection()`` from the ``EMAIL_*`` settings."""
+    from django.core import mail
+
+    mailers = getattr(mail, "mailers", None)
+    if mailers is not None and hasattr(settings, "MAILERS"):
+        return mailers.default
+    return get_connection(fail_silently=False)
+
+
+def mail_backend() -> tuple[str, float | None]:
+    """The default mailer's backend (dotted path) and SMTP timeout, from
+    ``MAILERS["default"]`` or from ``EMAIL_BACKEND`` and ``EMAIL_TIMEOUT``."""
+    if hasattr(settings, "MAILERS"):
+        default = settings.MAILERS.get("default", {})
+        options = default.get("OPTIONS", {})
+        return default.get("BACKEND", SMTP_BACKEND), options.get("timeout")
+    return settings.EMAIL_BACKEND, settings.EMAIL_TIMEOUT
+
+
 # -- a pass -------------------------------------------------------------------
 
 
@@ -286,7 +313,7 @@ class Escalator:
                         if connection is None:
                             # Opened once per pass (and again after a failure); a
                             # server that is down ends the pass here, claims released.
-                            connection = get_connection(fail_silently=False)
+                            connection = mail_connection()
                             connection.open()
                         untried.discard(claim.pk)
                         outcome = self.deliver(claim, alarm, connection)
@@ -380,9 +407,7 @@ class Escalator:
             mine.delete()
             return "dropped"
         try:
-            message = build_message(alarm, user, self.config)
-            message.connection = connection
-            message.send()
+            connection.send_messages([build_message(alarm, user, self.config)])
         except Exception as exc:
             logger.warning(
                 "Escalation email of alarm %s to user %s failed: %r", alarm.pk, user.pk, exc

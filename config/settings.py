@@ -233,17 +233,39 @@ LOGGING = {
 # ---------------------------------------------------------------------------
 # Email (the escalation of unseen alarms, docs/escalation.md)
 # ---------------------------------------------------------------------------
-# EMAIL_URL=smtp+tls://user:password@mail.example.com:587; the console by default.
-vars().update(
-    {
+# EMAIL_URL=smtp+tls://user:password@mail.example.com:587 (unset: Django's
+# defaults); EMAIL_TIMEOUT in seconds, below ALARMS["ESCALATE"]["LEASE"] (alarms.W004).
+if email_url := env.str("EMAIL_URL", default=""):
+    _email = {
         key: value
-        for key, value in env.email_url("EMAIL_URL", default="consolemail://").items()
+        for key, value in env.email_url_config(email_url).items()
         if value not in (None, "")
     }
-)
+    _email["EMAIL_TIMEOUT"] = env.int("EMAIL_TIMEOUT", default=30)
+    if django.VERSION >= (6, 1):
+        # Django 6.1 replaces the EMAIL_* settings with MAILERS.
+        _backend = _email.pop("EMAIL_BACKEND")
+        _options = {
+            "EMAIL_HOST": "host",
+            "EMAIL_PORT": "port",
+            "EMAIL_HOST_USER": "username",
+            "EMAIL_HOST_PASSWORD": "password",
+            "EMAIL_USE_TLS": "use_tls",
+            "EMAIL_USE_SSL": "use_ssl",
+            "EMAIL_TIMEOUT": "timeout",
+        }
+        MAILERS = {
+            "default": {
+                "BACKEND": _backend,
+                # Only SMTP takes these; the other backends refuse options they do not know.
+                "OPTIONS": {_options[k]: v for k, v in _email.items() if k in _options}
+                if _backend == "django.core.mail.backends.smtp.EmailBackend"
+                else {},
+            }
+        }
+    else:
+        vars().update(_email)
 DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="webmaster@localhost")
-# Seconds; below ALARMS["ESCALATE"]["LEASE"] (alarms.W004).
-EMAIL_TIMEOUT = env.int("EMAIL_TIMEOUT", default=30)
 
 # ---------------------------------------------------------------------------
 # Alarms (see alarms/conf.py for every key and its default)
