@@ -248,7 +248,8 @@ def mail_backend() -> tuple[str, float | None]:
     """The default mailer's backend (dotted path) and SMTP timeout, from
     ``MAILERS["default"]`` or from ``EMAIL_BACKEND`` and ``EMAIL_TIMEOUT``."""
     if hasattr(settings, "MAILERS"):
-        default = settings.MAILERS.get("default", {})
+        mailers: dict[str, dict[str, Any]] = settings.MAILERS
+        default = mailers.get("default", {})
         options = default.get("OPTIONS", {})
         return default.get("BACKEND", SMTP_BACKEND), options.get("timeout")
     return settings.EMAIL_BACKEND, settings.EMAIL_TIMEOUT

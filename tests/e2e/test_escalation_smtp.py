@@ -178,7 +178,13 @@ class Escalators:
         """SIGTERM each, as systemd stops a service: their exit codes."""
         codes = {}
         for name, process in list(self.running.items()):
-            stop_process(process)
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                # Stuck: its stack goes to its log (faulthandler), then it is killed.
+                process.send_signal(signal.SIGUSR1)
+                stop_process(process, signal.SIGKILL)
             codes[name] = process.returncode
             end_database_sessions(f"alarms-escalate-{name}-{self.server.port}")
         self.running.clear()

@@ -8,7 +8,9 @@ side, on any number of hosts: each email is claimed in the database first
 
 from __future__ import annotations
 
+import faulthandler
 import signal
+import sys
 import threading
 from types import FrameType
 from typing import Any
@@ -53,6 +55,9 @@ class Command(BaseCommand):
         if limit is not None and limit < 1:
             raise CommandError(f"--limit must be 1 or more, not {limit}.")
         stop = threading.Event()
+        # `kill -USR1 <pid>` prints every thread's stack to stderr: where a pass
+        # that seems stuck waits (the database, the mail server).
+        faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
 
         def on_signal(signum: int, frame: FrameType | None) -> None:
             stop.set()
