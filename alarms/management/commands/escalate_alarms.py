@@ -57,7 +57,11 @@ class Command(BaseCommand):
         stop = threading.Event()
         # `kill -USR1 <pid>` prints every thread's stack to stderr: where a pass
         # that seems stuck waits (the database, the mail server).
-        faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
+        try:
+            faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
+            dumps = True
+        except (AttributeError, OSError, ValueError):  # no real stderr (call_command)
+            dumps = False
 
         def on_signal(signum: int, frame: FrameType | None) -> None:
             stop.set()
@@ -91,6 +95,8 @@ class Command(BaseCommand):
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+            if dumps:
+                faulthandler.unregister(signal.SIGUSR1)
 
     def report(self, result: PassResult, verbosity: int, looping: bool) -> None:
         if verbosity < 1 or (looping and not (result.sent or result.failed) and verbosity < 2):
