@@ -21,7 +21,7 @@ from django.utils.translation import ngettext
 
 from alarms import api, operator, reach, rules, signals, tokens
 from alarms.forms import AlarmAdminForm, AlarmTokenForm, AlarmTranslationFormSet, language_name
-from alarms.models import Alarm, AlarmReceipt, AlarmToken, AlarmTranslation
+from alarms.models import Alarm, AlarmEscalation, AlarmReceipt, AlarmToken, AlarmTranslation
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
@@ -455,6 +455,35 @@ class AlarmReceiptAdmin(_ReceiptAdminBase):
         return False
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+# -- escalation emails --------------------------------------------------------------
+
+if TYPE_CHECKING:
+    _EscalationAdminBase = admin.ModelAdmin[AlarmEscalation]
+else:
+    _EscalationAdminBase = admin.ModelAdmin
+
+
+@admin.register(AlarmEscalation)
+class AlarmEscalationAdmin(_EscalationAdminBase):
+    """Read-only: written by ``escalate_alarms``. Deleting a row lets the email be
+    sent again (after fixing an address that failed)."""
+
+    list_display = ("alarm", "user", "sent_at", "attempts", "claimed_at", "error")
+    list_filter = (("sent_at", admin.EmptyFieldListFilter),)
+    list_select_related = ("alarm", "user")
+    search_fields = ("user__username", "user__email")
+    raw_id_fields = ("alarm", "user")
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[AlarmEscalation]:
+        return super().get_queryset(request).prefetch_related("alarm__translations")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
 

@@ -84,6 +84,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
             )
     messages.extend(cors_origin_errors(config["CORS_ALLOWED_ORIGINS"]))
     messages.extend(base_template_errors(config["BASE_TEMPLATE"]))
+    messages.extend(escalate_errors(config["ESCALATE"]))
     return messages
 
 
@@ -128,6 +129,93 @@ def base_template_errors(name: Any) -> list[Error]:
             id="alarms.E007",
         )
     ]
+
+
+def escalate_errors(value: Any) -> list[Error | Warning]:
+    """``ESCALATE`` is None or a dict of known keys with sound values (alarms.E008),
+    and the mail server cannot hold a claim past its lease (alarms.W004)."""
+    from urllib.parse import urlsplit
+
+    from alarms.conf import ESCALATE_DEFAULTS
+    from alarms.models import Level
+
+    if value is None:
+        return []
+    hint = "See docs/escalation.md for the keys of ALARMS['ESCALATE'] and their meaning."
+    if not isinstance(value, dict):
+        return [
+            Error(
+                f"ALARMS['ESCALATE'] must be None (off) or a dict, not {value!r}.",
+                hint=hint,
+                id="alarms.E008",
+            )
+        ]
+    config = {**ESCALATE_DEFAULTS, **value}
+    problems = []
+    unknown = sorted(set(value) - set(ESCALATE_DEFAULTS))
+    if unknown:
+        problems.append(f"unknown keys {', '.join(map(repr, unknown))}")
+
+    def number(key: str, *, whole: bool) -> None:
+        v = config[key]
+        kinds = int if whole else int | float
+        if isinstance(v, bool) or not isinstance(v, kinds) or v < (1 if whole else 0):
+            what = "a whole number of 1 or more" if whole else "a number of 0 or more"
+            problems.append(f"{key!r} must be {what}, not {v!r}")
+
+    number("AFTER", whole=False)
+    number("BATCH", whole=True)
+    number("LEASE", whole=False)
+    number("LINK_DAYS", whole=False)
+    levels = config["LEVELS"]
+    known = [level.value for level in Level]
+    if (
+        not isinstance(levels, list | tuple)
+        or not levels
+        or any(level not in known for level in levels)
+    ):
+        problems.append(f"'LEVELS' must be a non-empty list of {known}, not {levels!r}")
+    sender = config["FROM"]
+    if sender is not None and (not isinstance(sender, str) or "@" not in sender):
+        problems.append(f"'FROM' must be an email address or None, not {sender!r}")
+    base = config["BASE_URL"]
+    parts = urlsplit(base) if isinstance(base, str) else None
+    if (
+        parts is None
+        or parts.scheme not in ("http", "https")
+        or not parts.netloc
+        or parts.query
+        or parts.fragment
+    ):
+        problems.append(
+            f"'BASE_URL' must be the site's address the email links start with, such as "
+            f"'https://alarms.example.com', not {base!r}"
+        )
+    if problems:
+        return [
+            Error(f"ALARMS['ESCALATE']: {problem}.", hint=hint, id="alarms.E008")
+            for problem in problems
+        ]
+    from alarms.escalation import SMTP_BACKEND, mail_backend
+
+    backend, timeout = mail_backend()
+    try:
+        smtp = issubclass(import_string(backend), import_string(SMTP_BACKEND))
+    except ImportError:
+        smtp = False  # Django's own check reports it at the first send
+    lease = config["LEASE"]
+    if smtp and (timeout is None or timeout >= lease):
+        return [
+            Warning(
+                f"The SMTP timeout is {timeout!r}, not shorter than "
+                f"ALARMS['ESCALATE']['LEASE'] ({lease!r} seconds).",
+                hint="An SMTP exchange that hangs past the lease lets another process send "
+                "the same email again. Set EMAIL_TIMEOUT (or the default mailer's "
+                "OPTIONS['timeout']) below the lease.",
+                id="alarms.W004",
+            )
+        ]
+    return []
 
 
 def cors_origin_errors(origins: Any) -> list[Error]:

@@ -79,6 +79,27 @@ DEFAULTS: dict[str, Any] = {
     # open streams touches its row every third of PRESENCE_TTL.
     "PRESENCE_INTERVAL": 2.0,
     "PRESENCE_TTL": 60,
+    # Escalation by email (docs/escalation.md): None (off) or a dict of the keys of
+    # ESCALATE_DEFAULTS, merged over them. BASE_URL is required.
+    "ESCALATE": None,
+}
+
+ESCALATE_DEFAULTS: dict[str, Any] = {
+    # Minutes a live alarm may go unseen by a reader before it is emailed to them.
+    "AFTER": 10,
+    # Levels that escalate.
+    "LEVELS": ["critical"],
+    # The sender address; None: DEFAULT_FROM_EMAIL.
+    "FROM": None,
+    # Emails one pass of escalate_alarms sends at most.
+    "BATCH": 500,
+    # The site's address the links in the emails start with, e.g. "https://alarms.example.com".
+    "BASE_URL": None,
+    # Seconds a claimed email may stay unsent before another process sends it
+    # instead (its sender is taken to have died). Longer than EMAIL_TIMEOUT.
+    "LEASE": 300,
+    # Days the "mark as seen" link in an email stays valid.
+    "LINK_DAYS": 7,
 }
 
 
@@ -89,6 +110,17 @@ def get_config() -> dict[str, Any]:
     config = {**DEFAULTS, **user}
     config["_unknown"] = sorted(unknown)
     return config
+
+
+def escalate_config() -> dict[str, Any] | None:
+    """``ALARMS["ESCALATE"]`` merged over ``ESCALATE_DEFAULTS``; None when escalation
+    is off. The values are not checked here: ``alarms.checks`` does (alarms.E008)."""
+    value = get_config()["ESCALATE"]
+    if not value:
+        return None
+    if not isinstance(value, dict):
+        raise TypeError(f"ALARMS['ESCALATE'] must be None or a dict, not {value!r}.")
+    return {**ESCALATE_DEFAULTS, **value}
 
 
 @receiver(setting_changed)

@@ -289,6 +289,46 @@ class AlarmReceipt(models.Model):
         return f"{self.user} / {self.alarm_id}"
 
 
+class AlarmEscalation(models.Model):
+    """One email of an unseen alarm to one user (``alarms.escalation``), claimed first.
+
+    The row is the claim: a process inserts it (one per alarm and user, by the
+    unique constraint) before it sends, renews ``claimed_at`` just before the
+    SMTP exchange, and sets ``sent_at`` once the server accepted the mail. A row
+    left unsent for longer than ``ESCALATE["LEASE"]`` is taken over by another
+    process: its sender is taken to have died.
+    """
+
+    alarm = models.ForeignKey(
+        Alarm, verbose_name=_("alarm"), on_delete=models.CASCADE, related_name="escalations"
+    )
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        verbose_name=_("user"),
+        on_delete=models.CASCADE,
+        related_name="alarm_escalations",
+    )
+    # The process holding the claim (host, pid and a random part); blank: released.
+    claimed_by = models.CharField(_("claimed by"), max_length=100, blank=True, default="")
+    claimed_at = models.DateTimeField(_("claimed at"))
+    # SMTP exchanges started for it (a retry after a failure or a dead sender adds one).
+    attempts = models.PositiveSmallIntegerField(_("attempts"), default=0)
+    sent_at = models.DateTimeField(_("sent at"), null=True, blank=True)
+    # The last failure, for the admin and the logs.
+    error = models.TextField(_("error"), blank=True, default="")
+
+    class Meta:
+        verbose_name = _("escalation")
+        verbose_name_plural = _("escalations")
+        ordering = ("-id",)
+        constraints = (
+            models.UniqueConstraint(fields=("alarm", "user"), name="alarms_escalation_once"),
+        )
+
+    def __str__(self) -> str:
+        return f"{self.user} / {self.alarm_id}"
+
+
 def mute_choices() -> list[tuple[str, str]]:
     # Every level but the lowest (nothing is below it) can be a floor; critical
     # alarms are never muted, so "below critical" is the most one can mute.

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from django.contrib.auth import get_user_model
 from django.db import models, router, transaction
 from django.db.models import Case, CharField, Q, Value, When
 from django.db.models.functions import Now
@@ -160,6 +161,26 @@ class AlarmQuerySet(models.QuerySet["Alarm"]):
             result = super(AlarmQuerySet, self.using(using).filter(pk__in=ids)).delete()
             journal.record_deleted(details, using=using)
         return result
+
+
+def audience_users(alarm: Alarm) -> models.QuerySet[Any]:
+    """The user accounts ``alarm`` reaches: ``AlarmQuerySet.visible_to`` turned
+    around, for one alarm (escalation by email asks "who", not "what").
+
+    Python form: ``rules.can_see`` with a ``user_id`` (signed-in users only).
+    """
+    user_model = get_user_model()
+    users = user_model._default_manager.all()
+    if alarm.audience in (rules.EVERYONE, rules.AUTHENTICATED):
+        return users
+    if alarm.audience == rules.STAFF:
+        return users.filter(is_staff=True)
+    if alarm.audience == rules.SELECTED:
+        # Subqueries, not a join: a member of two of the alarm's groups is one row.
+        groups = alarm.groups.values("pk")
+        members = user_model._default_manager.filter(groups__in=groups).values("pk")
+        return users.filter(Q(pk__in=alarm.users.values("pk")) | Q(pk__in=members))
+    return users.none()
 
 
 class AlarmTranslationQuerySet(models.QuerySet["AlarmTranslation"]):

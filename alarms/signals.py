@@ -22,6 +22,7 @@ signal                    arguments (``sender`` is always ``Alarm``)
 ``alarm_withdrawn``       ``alarm``
 ``alarm_deleted``         ``alarm_id``, ``external_id``
 ``alarm_dismissed``       ``alarm_id``, ``user``
+``alarm_escalated``       ``alarm``, ``user`` (emailed to them: ``alarms.escalation``)
 ========================  ==========================================================
 """
 
@@ -36,6 +37,7 @@ __all__ = [
     "alarm_created",
     "alarm_deleted",
     "alarm_dismissed",
+    "alarm_escalated",
     "alarm_updated",
     "alarm_withdrawn",
     "send_on_commit",
@@ -46,6 +48,7 @@ alarm_updated = Signal()
 alarm_withdrawn = Signal()
 alarm_deleted = Signal()
 alarm_dismissed = Signal()
+alarm_escalated = Signal()
 
 
 def send_on_commit(signal: Signal, *, using: str, **kwargs: Any) -> None:

@@ -10,7 +10,7 @@ from django.urls import path
 from alarms.cors import cors
 from alarms.hooks import alertmanager
 from alarms.http_api.urls import api as http_api
-from alarms.views import centre, health, metrics, payloads, receipts, stream
+from alarms.views import centre, escalation, health, metrics, payloads, receipts, stream
 
 app_name = "alarms"
 
@@ -32,6 +32,7 @@ urlpatterns = [
     path("stream/", outside_atomic_requests(cors("GET")(stream.stream)), name="stream"),
     path("seen/", cors("POST")(receipts.seen), name="seen"),
     path("dismiss/", cors("POST")(receipts.dismiss), name="dismiss"),
+    path("email/<str:token>/", escalation.seen, name="email_seen"),
     path("payloads/", cors("GET")(payloads.payloads), name="payloads"),
     path("metrics/", outside_atomic_requests(metrics.metrics), name="metrics"),
     path("health/", outside_atomic_requests(health.health), name="health"),

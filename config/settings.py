@@ -231,6 +231,43 @@ LOGGING = {
 }
 
 # ---------------------------------------------------------------------------
+# Email (the escalation of unseen alarms, docs/escalation.md)
+# ---------------------------------------------------------------------------
+# EMAIL_URL=smtp+tls://user:password@mail.example.com:587 (unset: Django's
+# defaults); EMAIL_TIMEOUT in seconds, below ALARMS["ESCALATE"]["LEASE"] (alarms.W004).
+if email_url := env.str("EMAIL_URL", default=""):
+    _email = {
+        key: value
+        for key, value in env.email_url_config(email_url).items()
+        if value not in (None, "")
+    }
+    _email["EMAIL_TIMEOUT"] = env.int("EMAIL_TIMEOUT", default=30)
+    if django.VERSION >= (6, 1):
+        # Django 6.1 replaces the EMAIL_* settings with MAILERS.
+        _backend = _email.pop("EMAIL_BACKEND")
+        _options = {
+            "EMAIL_HOST": "host",
+            "EMAIL_PORT": "port",
+            "EMAIL_HOST_USER": "username",
+            "EMAIL_HOST_PASSWORD": "password",
+            "EMAIL_USE_TLS": "use_tls",
+            "EMAIL_USE_SSL": "use_ssl",
+            "EMAIL_TIMEOUT": "timeout",
+        }
+        MAILERS = {
+            "default": {
+                "BACKEND": _backend,
+                # Only SMTP takes these; the other backends refuse options they do not know.
+                "OPTIONS": {_options[k]: v for k, v in _email.items() if k in _options}
+                if _backend == "django.core.mail.backends.smtp.EmailBackend"
+                else {},
+            }
+        }
+    else:
+        vars().update(_email)
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="webmaster@localhost")
+
+# ---------------------------------------------------------------------------
 # Alarms (see alarms/conf.py for every key and its default)
 # ---------------------------------------------------------------------------
 ALARMS: dict[str, object] = {
@@ -239,3 +276,10 @@ ALARMS: dict[str, object] = {
     # The alarm centre inside the demo's own layout (templates/base.html).
     "BASE_TEMPLATE": "base.html",
 }
+if escalate_base_url := env.str("ALARMS_ESCALATE_BASE_URL", default=""):
+    # Email critical alarms unseen after ALARMS_ESCALATE_AFTER minutes; run
+    # `manage.py escalate_alarms` from a timer (docs/escalation.md).
+    ALARMS["ESCALATE"] = {
+        "BASE_URL": escalate_base_url,
+        "AFTER": env.float("ALARMS_ESCALATE_AFTER", default=10),
+    }

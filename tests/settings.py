@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import django
 import environ
 from django.utils.translation import gettext_lazy as _
 
@@ -102,6 +103,11 @@ USE_TZ = True
 TIME_ZONE = "UTC"
 
 STATIC_URL = "static/"
+
+if django.VERSION >= (6, 1):
+    # The default mailer (the tests swap in the locmem backend): Django 6.1
+    # deprecates the EMAIL_* settings and get_connection() that stand for it.
+    MAILERS: dict[str, dict[str, object]] = {"default": {}}
 
 # No SIGTERM handler in the test process itself.
 ALARMS = {"POLL_INTERVAL": 0.2, "SHUTDOWN_GRACE": 0}
