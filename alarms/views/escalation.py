@@ -103,5 +103,6 @@ def _receipt_state(user: Any, alarm: Alarm) -> str | None:
 
 
 def _entry(alarm: Alarm, language: str) -> Any:
-    found = entries([alarm], language, {}, "unread")
+    # The page shows the alarm's text, level and direction, not its state.
+    found = entries([alarm], language)
     return found[0] if found else None
