@@ -79,7 +79,9 @@ Besides alarm changes and dismissals, the journal carries what an open stream's
 authorisation depends on, so every process re-makes it within a read:
 ``access`` rows (a user's groups, flags or password changed, or the user was
 deleted: their streams are authorised again from their sessions) and
-``session`` rows (a session ended: the streams opened with it close).
+``session`` rows (a session ended: the streams opened with it close), and
+``prefs`` rows (a user's preferences changed: their streams close, and the
+browser reconnects with the new language and mute floor).
 """
 
 from __future__ import annotations
@@ -173,6 +175,15 @@ def record_session_end(session_key: str, user_id: int | None) -> None:
         user_id=user_id,
         session=session_digest(session_key),
     )
+    _write([row], router.db_for_write(AlarmChange))
+
+
+def record_preferences(user_id: int) -> None:
+    """A user's preferences changed: their open streams close and reconnect
+    with the new ones (``alarms.preferences.save``)."""
+    from alarms.models import AlarmChange
+
+    row = AlarmChange(alarm_id=0, kind=AlarmChange.Kind.PREFS, user_id=user_id)
     _write([row], router.db_for_write(AlarmChange))
 
 

@@ -441,6 +441,9 @@ class AlarmChange(models.Model):
         ACCESS = "access", _("a user's access changed")
         # A session ended (logout, flush): the streams opened with it close.
         SESSION = "session", _("a session ended")
+        # A user's preferences changed (language, time zone, mute): their open
+        # streams close, and reconnect as the new preferences say. alarm_id is 0.
+        PREFS = "prefs", _("a user's preferences changed")
 
     alarm_id = models.BigIntegerField(_("alarm id"))
     kind = models.CharField(_("kind"), max_length=8, choices=Kind, default=Kind.ALARM)
