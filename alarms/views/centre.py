@@ -14,7 +14,7 @@ from django.utils import translation
 from django.utils.translation import ngettext
 from django.views.decorators.http import require_http_methods
 
-from alarms import api, events
+from alarms import api, events, preferences
 from alarms.conf import get_config
 from alarms.models import Alarm, AlarmReceipt, Level
 
@@ -41,10 +41,16 @@ class Entry:
     expires_at: datetime | None
     state: str  # "unread", "dismissed" or "expired"
     dismissed_at: datetime | None
+    # Below the reader's mute floor: listed here, never toasted (alarms.preferences).
+    muted: bool = False
 
 
 def entries(
-    alarms: list[Alarm], language: str, receipts: dict[int, AlarmReceipt], state: str
+    alarms: list[Alarm],
+    language: str,
+    receipts: dict[int, AlarmReceipt],
+    state: str,
+    mute_below: str = "",
 ) -> list[Entry]:
     labels = dict(Level.choices)
     result = []
@@ -69,6 +75,7 @@ def entries(
                 expires_at=alarm.expires_at,
                 state="dismissed" if state != "unread" and dismissed_at else state,
                 dismissed_at=dismissed_at,
+                muted=preferences.is_muted(alarm.level, mute_below),
             )
         )
     return result
@@ -95,9 +102,12 @@ def centre(request: HttpRequest) -> HttpResponse:
         )
     }
     language = translation.get_language() or ""
+    # The centre lists muted alarms too, marked: mute is about interruptions.
+    prefs = preferences.for_request(request)
+    floor = prefs.mute_below if prefs is not None else ""
     context: dict[str, Any] = {
-        "unread": entries(unread, language, receipts, "unread"),
-        "earlier": entries(earlier, language, receipts, "expired"),
+        "unread": entries(unread, language, receipts, "unread", floor),
+        "earlier": entries(earlier, language, receipts, "expired", floor),
         # alarms/base.html extends it; None there means the app's standalone page.
         "alarms_base_template": get_config()["BASE_TEMPLATE"],
     }
