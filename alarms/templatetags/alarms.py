@@ -18,6 +18,7 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString, mark_safe
 from django.utils.translation import gettext, ngettext, trans_real
 
+from alarms import preferences
 from alarms.cors import normalise_origin
 from alarms.models import Alarm, Level
 
@@ -139,8 +140,16 @@ def toasts_html(
     auto_hide: int = 6000,
     max_visible: int = 3,
     nonce: str | None = None,
+    stored_language: str = "",
+    time_zone: str = "",
+    zone_url: str = "",
 ) -> SafeString:
-    """The stylesheet, the (empty) toast region and the data-configured module script."""
+    """The stylesheet, the (empty) toast region and the data-configured module script.
+
+    ``stored_language`` and ``time_zone``: the signed-in user's stored choices
+    ("" for none), which the client compares with those a ``prefs`` event brings;
+    ``zone_url``: where it stores the zone it detects, given only while none is.
+    """
     return format_html(
         '<link rel="stylesheet" href="{css}"{nonce}>'
         '<div class="alarms-region" id="{region}" aria-label="{region_label}"></div>'
@@ -150,7 +159,8 @@ def toasts_html(
         ' data-csrf-token="{csrf}" data-csrf-cookie="{csrf_cookie}" data-language="{lang}"'
         ' data-authenticated="{auth}" data-scope="{scope}" data-auto-hide="{auto_hide}"'
         ' data-max-visible="{max_visible}" data-region="{region}" data-labels="{labels}"'
-        ' data-plural-rule="{plural_rule}"></script>',
+        ' data-plural-rule="{plural_rule}" data-stored-language="{stored_language}"'
+        ' data-time-zone="{time_zone}" data-zone-url="{zone_url}"></script>',
         css=css_url,
         js=js_url,
         nonce=_nonce(nonce),
@@ -169,6 +179,9 @@ def toasts_html(
         max_visible=int(max_visible),
         labels=json.dumps(dict(words), ensure_ascii=False, sort_keys=True),
         plural_rule=plural_expression,
+        stored_language=stored_language,
+        time_zone=time_zone,
+        zone_url=zone_url,
     )
 
 
@@ -218,6 +231,9 @@ def alarms_toasts(
     if request is None:
         return ""
     user = getattr(request, "user", None)
+    prefs = preferences.for_request(request)
+    zone = prefs.time_zone if prefs is not None else ""
+    signed_in = bool(getattr(user, "is_authenticated", False))
     return toasts_html(
         css_url=static("alarms/alarms.css"),
         js_url=static("alarms/alarms.js"),
@@ -236,6 +252,10 @@ def alarms_toasts(
         auto_hide=auto_hide,
         max_visible=max_visible,
         nonce=csp_nonce(context, request),
+        stored_language=prefs.language if prefs is not None else "",
+        time_zone=zone,
+        # Detected in the browser and stored once; another origin's session is not this one's.
+        zone_url="" if origin or zone or not signed_in else reverse("alarms:preferences_time_zone"),
     )
 
 

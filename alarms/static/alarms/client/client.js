@@ -3,6 +3,7 @@ import { readConfig } from "./config.js";
 import { parseJSON, warnOnce } from "./log.js";
 import { isCrossOrigin } from "./net.js";
 import { Outbox } from "./outbox.js";
+import { pageIsCurrent, storeTimeZone } from "./prefs.js";
 import { IdSet, Store, TabStore } from "./storage.js";
 import { Stream } from "./stream.js";
 import { Channel, TAB, elect } from "./tabs.js";
@@ -57,6 +58,9 @@ class Client {
     this.generation = 0;
     this.channel = null;
     this.election = null;
+    // A form of this page was submitted: the page is on its way out, and a
+    // change of preferences it made must not reload it over its answer.
+    this.leaving = false;
   }
 
   // -- receiving events (from the stream, or relayed by the leader) ----------
@@ -109,6 +113,11 @@ class Client {
 
   onStreamEvent(name, text) {
     const data = parseJSON(text, null, "an event of the stream");
+    if (name === "prefs") {
+      this.channel.post({ type: "prefs", data: data });
+      this.preferencesChanged(data);
+      return;
+    }
     if (!data || typeof data.id !== "number") {
       return;
     }
@@ -152,6 +161,9 @@ class Client {
             emit("alarms:dismissed", { id: message.id, source: "tab" });
           }
         }
+        break;
+      case "prefs":
+        this.preferencesChanged(message.data);
         break;
       case "hello":
         if (this.leader) {
@@ -200,6 +212,26 @@ class Client {
       this.stream.language = message.language;
       // A fresh connect (no last id): the server re-sends what is still live,
       // in the new language, and toasts on screen are updated in place.
+      this.stream.open(false);
+    }
+  }
+
+  // -- the user's preferences changed (on any device) ---------------------------
+
+  // The server ended the stream after this event: a page in another language
+  // or time zone than the user's now loads again (its toasts come back in the
+  // new language, see init()); any other reconnects at once, without a last
+  // event id, so that alarms a lowered mute floor lets through are sent.
+  preferencesChanged(prefs) {
+    if (!prefs || typeof prefs !== "object") {
+      return;
+    }
+    const reload = !pageIsCurrent(this.config, prefs);
+    const wanted = emit("alarms:preferences", { preferences: prefs, reload: reload }, true);
+    if (reload && wanted && !this.leaving) {
+      this.tabStore.markRestore();
+      window.location.reload();
+    } else if (this.leader) {
       this.stream.open(false);
     }
   }
@@ -339,10 +371,16 @@ class Client {
     this.toasts.ensureRegion();
     this.badges.init(this.dismissedIds);
     this.start();
-    if (previous && previous !== this.config.language) {
+    if (this.config.authenticated) {
+      storeTimeZone(this.config);
+    }
+    document.addEventListener("submit", (e) => {
+      this.leaving = !e.defaultPrevented;
+    });
+    if (this.tabStore.takeRestore() || (previous && previous !== this.config.language)) {
       // This page replaces one of this tab in another language (the language
-      // form reloads the page): show again what that page showed, in this
-      // page's language, seen or not.
+      // form, or a change of preferences elsewhere, reloads the page): show
+      // again what that page showed, in this page's language, seen or not.
       this.refresh(this.tabStore.get(), true);
     }
   }

@@ -28,6 +28,11 @@ export function readConfig(ds) {
     maxVisible: Math.max(1, toInt(ds.maxVisible, 3)),
     region: ds.region || "alarms-region",
     labels: parseJSON(ds.labels, {}, "data-labels") || {},
-    pluralRule: ds.pluralRule || ""
+    pluralRule: ds.pluralRule || "",
+    // A signed-in user's stored language and time zone ("" for none), and
+    // where to store the zone this browser detects (only while none is).
+    storedLanguage: ds.storedLanguage || "",
+    timeZone: ds.timeZone || "",
+    zoneUrl: ds.zoneUrl || ""
   };
 }

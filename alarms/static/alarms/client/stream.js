@@ -1,7 +1,8 @@
 import { warnOnce } from "./log.js";
 import { backoff, isCrossOrigin } from "./net.js";
 
-const EVENTS = ["alarm", "retract", "dismiss"];
+// "prefs": the user's preferences changed; the server ends the stream after it.
+const EVENTS = ["alarm", "retract", "dismiss", "prefs"];
 
 // The one EventSource of this browser, held by the leading tab. It resumes
 // after the last event it saw (Last-Event-ID, or ?last_event_id= when it
