@@ -10,13 +10,14 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
 from django.utils import formats, timezone, translation
 
-from alarms import api
+from alarms import api, preferences
 from alarms.models import Preferences
 from tests.e2e import browser as fixtures
 from tests.e2e.browser import signed_in, toast, wait_ready
@@ -101,29 +102,48 @@ def test_a_muted_level_never_toasts_and_critical_always_does(
     assert "(muted)" in entry.locator(".alarms-entry__level").text_content()
 
 
+def clock(moment: datetime, zone: str) -> str:
+    """``moment`` as an English 12-hour clock reads it in ``zone``: "9:05"."""
+    local = moment.astimezone(ZoneInfo(zone))
+    return f"{local.hour % 12 or 12}:{local.minute:02d}"
+
+
 @pytest.mark.e2e
 @pytest.mark.browser
-def test_the_browsers_time_zone_is_stored_and_used(server, contexts, session_cookie, make_user):
+def test_the_browsers_time_zone_is_stored_and_times_follow_the_stored_one(
+    server, contexts, session_cookie, make_user
+):
     reader = make_user("zoned")
-    alarm = api.send_alarm(TEXTS, level="info")
-    user = signed_in(contexts, server, session_cookie, reader, timezone_id="Asia/Seoul")
+    user = signed_in(contexts, server, session_cookie, reader, timezone_id="America/New_York")
     page = user.page("/")
-    wait_ready(page, timeout=WAIT)
+    wait_ready(page, leader=True, timeout=WAIT)
     wait_for(
-        lambda: Preferences.objects.filter(user=reader, time_zone="Asia/Seoul").exists(),
+        lambda: Preferences.objects.filter(user=reader, time_zone="America/New_York").exists(),
         what="the detected time zone stored",
         page=page,
     )
-    # The centre shows times in it, and pages stop asking.
-    page.goto(server.url + "/alarms/")
-    wait_ready(page, timeout=WAIT)
+    # Changed elsewhere: the page loads again in the new zone, with no action here.
+    preferences.update(reader, time_zone="Asia/Seoul")
+    page.wait_for_function(
+        "() => document.querySelector('script[data-stream-url]').dataset.timeZone === 'Asia/Seoul'",
+        timeout=WAIT,
+    )
+    wait_ready(page, leader=True, timeout=WAIT)
     assert page.locator("script[data-stream-url]").get_attribute("data-zone-url") == ""
+    alarm = api.send_alarm(TEXTS, level="warning")
+    shown = toast(page, alarm.pk).locator("time.alarms-time")
+    shown.wait_for(timeout=WAIT)
+    text = shown.text_content()
+    assert clock(alarm.publish_at, "Asia/Seoul") in text, text
+    assert clock(alarm.publish_at, "America/New_York") not in text, text
+    assert shown.get_attribute("datetime") == alarm.publish_at.isoformat()
+    # The centre too, as Django formats it in that zone.
+    page.goto(server.url + "/alarms/")
     with translation.override("en"):
         expected = formats.date_format(
             timezone.localtime(alarm.publish_at, ZoneInfo("Asia/Seoul")), "DATETIME_FORMAT"
         )
-    shown = page.locator(f'[data-alarms-item="{alarm.pk}"] time').text_content()
-    assert shown == expected
+    assert page.locator(f'[data-alarms-item="{alarm.pk}"] time').text_content() == expected
 
 
 @pytest.mark.e2e

@@ -12,6 +12,25 @@ export function browserTimeZone() {
   }
 }
 
+// An ISO time as the page's language writes a date and time, in `zone` (an
+// IANA name; "" for the browser's own); "" when it is no time.
+export function formatTime(iso, language, zone) {
+  const date = typeof iso === "string" ? new Date(iso) : null;
+  if (!date || isNaN(date.getTime()) || !window.Intl) {
+    return "";
+  }
+  const locale = language || undefined;
+  const options = { dateStyle: "medium", timeStyle: "short" };
+  try {
+    const zoned = zone ? { ...options, timeZone: zone } : options;
+    return new Intl.DateTimeFormat(locale, zoned).format(date);
+  } catch (error) {
+    // A zone this browser does not know: its own.
+    warnOnce("time-zone-format", "unknown time zone " + zone, error);
+    return new Intl.DateTimeFormat(locale, options).format(date);
+  }
+}
+
 // Stores this browser's time zone for the user, once: the page carries the
 // URL only while the user has none stored.
 export function storeTimeZone(config) {

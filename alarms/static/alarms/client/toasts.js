@@ -4,6 +4,7 @@
 // check at the top are the only parts that stand alone.
 import { warnOnce } from "./log.js";
 import { isCrossOrigin } from "./net.js";
+import { formatTime } from "./prefs.js";
 
 const AUTO_HIDE = { info: true, success: true };
 const ASSERTIVE = { error: true, critical: true };
@@ -141,6 +142,7 @@ export class Toasts {
     const body = el("div", "alarms-body");
     const title = el("p", "alarms-title");
     const message = el("p", "alarms-message");
+    const time = el("time", "alarms-time");
     const link = el("a", "alarms-link");
     const close = el("button", "alarms-close");
     close.type = "button";
@@ -152,6 +154,7 @@ export class Toasts {
     progress.setAttribute("aria-hidden", "true");
     body.appendChild(title);
     body.appendChild(message);
+    body.appendChild(time);
     body.appendChild(link);
     node.appendChild(iconBox);
     node.appendChild(body);
@@ -164,6 +167,7 @@ export class Toasts {
       icon: iconBox,
       title: title,
       message: message,
+      time: time,
       link: link,
       progress: progress,
       level: "",
@@ -236,6 +240,12 @@ export class Toasts {
     toast.icon.setAttribute("lang", language);
     toast.title.textContent = data.title || "";
     toast.message.textContent = data.message || "";
+    // When it was published, in the user's stored time zone (else the browser's).
+    const when = formatTime(data.published_at, language, this.config.timeZone);
+    toast.time.textContent = when;
+    toast.time.setAttribute("datetime", when ? data.published_at : "");
+    toast.time.setAttribute("lang", language);
+    toast.time.hidden = !when;
     const href = safeLink(data.url, this.config.streamUrl);
     if (href) {
       toast.link.setAttribute("href", href);
