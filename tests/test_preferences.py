@@ -21,14 +21,16 @@ from django.utils.module_loading import import_string
 import alarms.broker as broker_module
 from alarms import api, preferences
 from alarms.broker.base import BaseBroker
+from alarms.broker.cache import Viewer
 from alarms.broker.connect import connect
 from alarms.broker.loads import Load, load_batch
 from alarms.broker.memory import MemoryBroker
+from alarms.broker.reads import ConnectState
 from alarms.broker.sessions import Login
 from alarms.forms import PreferencesForm
 from alarms.models import Alarm, AlarmChange, Preferences
 from alarms.views.stream import requested_language
-from tests.helpers import en
+from tests.helpers import en, until
 from tests.sse import Event, parse
 from tests.test_broker import en_ko
 
@@ -476,3 +478,24 @@ def test_the_floor_and_language_come_with_the_users_query(django_user_model) -> 
     sqls = [q["sql"] for q in queries.captured_queries]
     assert not [s for s in sqls if s.split(" FROM ")[1].startswith(f'"{table}"')]
     assert len([s for s in sqls if f'JOIN "{table}"' in s]) == 1
+
+
+def test_a_stream_loaded_before_a_prefs_row_is_ended_too(run, django_user_model) -> None:
+    """A connect whose user was loaded before the row was read, and that subscribes after."""
+    user = django_user_model.objects.create_user("racing")
+
+    async def test(broker: BaseBroker) -> None:
+        loaded_at = broker.head
+        await sync_to_async(preferences.update)(user, language="ko")
+        await until(lambda: broker.head > loaded_at, 10)
+        state = ConnectState(Viewer(user_id=user.pk), set(), set(), head=loaded_at)
+        sub = broker.subscribe(state)
+        got = await read_until(sub, bool)
+        assert [(e.event, e.json()["language"]) for e in got] == [("prefs", "ko")]
+        assert sub.closed == "preferences"
+        fresh = broker.subscribe(
+            ConnectState(Viewer(user_id=user.pk), set(), set(), head=broker.head)
+        )
+        assert fresh.closed is None
+
+    run(test)
