@@ -10,6 +10,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.forms.models import BaseInlineFormSet
 from django.utils import timezone
+from django.utils.text import capfirst
 from django.utils.translation import gettext_lazy as _
 
 from alarms import preferences, storm
@@ -231,7 +232,7 @@ class PreferencesForm(_PreferencesFormBase):
     input (``aria-describedby``), for the page's screen-reader users."""
 
     time_zone = forms.ChoiceField(
-        label=_("Time zone"),
+        label=capfirst(Preferences._meta.get_field("time_zone").verbose_name),
         required=False,
         choices=time_zone_choices,
         help_text=_("Times on alarms and in the admin are shown in this zone."),

@@ -49,6 +49,8 @@ EXEMPT_ATTR = "alarms_preferences_read_by_broker"
 
 V = TypeVar("V", bound=Callable[..., Any])
 
+_ZONE_ACTIVATED = "_alarms_zone_activated"
+
 
 def preferences_read_by_broker(view: V) -> V:
     """Leave ``view`` alone in :class:`PreferencesMiddleware` (no query for it)."""
@@ -78,7 +80,6 @@ class PreferencesMiddleware(MiddlewareMixin):
         view_args: Any,
         view_kwargs: Any,
     ) -> None:
-        timezone.deactivate()
         if getattr(view_func, EXEMPT_ATTR, False):
             return
         prefs = preferences.for_request(request)
@@ -86,6 +87,7 @@ class PreferencesMiddleware(MiddlewareMixin):
             return
         if prefs.time_zone and preferences.valid_time_zone(prefs.time_zone):
             timezone.activate(zoneinfo.ZoneInfo(prefs.time_zone))
+            setattr(request, _ZONE_ACTIVATED, True)
         language = supported_language(prefs.language) if prefs.language else None
         if language and not _language_in_path(request):
             translation.activate(language)
@@ -96,7 +98,8 @@ class PreferencesMiddleware(MiddlewareMixin):
     ) -> HttpResponseBase:
         # The zone is the thread's (or the task's) until deactivated: the next
         # request must not inherit it.
-        timezone.deactivate()
+        if getattr(request, _ZONE_ACTIVATED, False):
+            timezone.deactivate()
         return response
 
 
