@@ -143,12 +143,15 @@ def toasts_html(
     stored_language: str = "",
     time_zone: str = "",
     zone_url: str = "",
+    preferences_version: int = 0,
 ) -> SafeString:
     """The stylesheet, the (empty) toast region and the data-configured module script.
 
     ``stored_language`` and ``time_zone``: the signed-in user's stored choices
     ("" for none), which the client compares with those a ``prefs`` event brings;
-    ``zone_url``: where it stores the zone it detects, given only while none is.
+    ``zone_url``: where it stores the zone it detects, given only while none is;
+    ``preferences_version``: when they were saved (ms), so that of two pages the
+    client knows which saw the newer ones.
     """
     return format_html(
         '<link rel="stylesheet" href="{css}"{nonce}>'
@@ -160,7 +163,8 @@ def toasts_html(
         ' data-authenticated="{auth}" data-scope="{scope}" data-auto-hide="{auto_hide}"'
         ' data-max-visible="{max_visible}" data-region="{region}" data-labels="{labels}"'
         ' data-plural-rule="{plural_rule}" data-stored-language="{stored_language}"'
-        ' data-time-zone="{time_zone}" data-zone-url="{zone_url}"></script>',
+        ' data-time-zone="{time_zone}" data-zone-url="{zone_url}"'
+        ' data-preferences-version="{preferences_version}"></script>',
         css=css_url,
         js=js_url,
         nonce=_nonce(nonce),
@@ -182,6 +186,7 @@ def toasts_html(
         stored_language=stored_language,
         time_zone=time_zone,
         zone_url=zone_url,
+        preferences_version=int(preferences_version),
     )
 
 
@@ -256,6 +261,7 @@ def alarms_toasts(
         time_zone=zone,
         # Detected in the browser and stored once; another origin's session is not this one's.
         zone_url="" if origin or zone or not signed_in else reverse("alarms:preferences_time_zone"),
+        preferences_version=int(prefs.updated_at.timestamp() * 1000) if prefs is not None else 0,
     )
 
 

@@ -166,6 +166,12 @@ class Client {
         this.preferencesChanged(message.data);
         break;
       case "hello":
+        if (this.newerPreferences(message.preferences)) {
+          // Rendered after a change this page missed (its prefs event went to a
+          // leader that was leaving): as if the event had come.
+          this.preferencesChanged(message.preferences);
+          break;
+        }
         if (this.leader) {
           this.greet(message);
         }
@@ -234,6 +240,18 @@ class Client {
     } else if (this.leader) {
       this.stream.open(false);
     }
+  }
+
+  // Whether another page's stored preferences are newer than this page's, and
+  // not what this page shows.
+  newerPreferences(prefs) {
+    return (
+      !!prefs &&
+      typeof prefs === "object" &&
+      typeof prefs.version === "number" &&
+      prefs.version > this.config.preferencesVersion &&
+      !pageIsCurrent(this.config, prefs)
+    );
   }
 
   // -- the same alarms in another language -------------------------------------
@@ -348,7 +366,16 @@ class Client {
       () => this.lead(),
       () => this.stepDown()
     );
-    this.channel.post({ type: "hello", tab: TAB, language: this.config.language });
+    this.channel.post({
+      type: "hello",
+      tab: TAB,
+      language: this.config.language,
+      preferences: {
+        language: this.config.storedLanguage,
+        time_zone: this.config.timeZone,
+        version: this.config.preferencesVersion
+      }
+    });
   }
 
   stop() {
@@ -366,8 +393,12 @@ class Client {
   }
 
   init() {
-    // The language this user's pages spoke until now (start() sets this page's).
+    // The language this user's pages spoke until now (start() sets this page's),
+    // and the one this tab's last page spoke: another tab may have loaded a page
+    // in the new language first.
     const previous = this.store.get("language", "");
+    const previousHere = this.tabStore.language();
+    this.tabStore.setLanguage(this.config.language);
     this.toasts.ensureRegion();
     this.badges.init(this.dismissedIds);
     this.start();
@@ -377,7 +408,8 @@ class Client {
     document.addEventListener("submit", (e) => {
       this.leaving = !e.defaultPrevented;
     });
-    if (this.tabStore.takeRestore() || (previous && previous !== this.config.language)) {
+    const switched = [previous, previousHere].some((l) => l && l !== this.config.language);
+    if (this.tabStore.takeRestore() || switched) {
       // This page replaces one of this tab in another language (the language
       // form, or a change of preferences elsewhere, reloads the page): show
       // again what that page showed, in this page's language, seen or not.

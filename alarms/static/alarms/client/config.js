@@ -33,6 +33,8 @@ export function readConfig(ds) {
     // where to store the zone this browser detects (only while none is).
     storedLanguage: ds.storedLanguage || "",
     timeZone: ds.timeZone || "",
+    // When they were last saved (ms), to tell which of two pages is newer.
+    preferencesVersion: toInt(ds.preferencesVersion, 0),
     zoneUrl: ds.zoneUrl || ""
   };
 }

@@ -56,9 +56,11 @@ export function storeTimeZone(config) {
 }
 
 // Whether a page rendered with `config` shows what the preferences of a
-// `prefs` event say: its language and its times' zone are the server's.
+// `prefs` event say: its language and its times' zone are the server's. A page
+// rendered with no zone shows the browser's: the same as that zone stored.
 export function pageIsCurrent(config, prefs) {
-  return (
-    (prefs.language || "") === config.storedLanguage && (prefs.time_zone || "") === config.timeZone
-  );
+  const zone = prefs.time_zone || "";
+  const shown = config.timeZone || browserTimeZone();
+  const sameZone = zone === shown || zone === config.timeZone;
+  return (prefs.language || "") === config.storedLanguage && sameZone;
 }

@@ -58,6 +58,23 @@ export class TabStore {
     }
   }
 
+  // The language of this tab's last page ("" for none yet), and this page's.
+  language() {
+    try {
+      return window.sessionStorage.getItem(this.key + ":language") || "";
+    } catch (error) {
+      return "";
+    }
+  }
+
+  setLanguage(language) {
+    try {
+      window.sessionStorage.setItem(this.key + ":language", language);
+    } catch (error) {
+      warnOnce("tab-storage-write", "sessionStorage cannot be written", error);
+    }
+  }
+
   // The next page of this tab is to show again what this one shows (it is
   // reloaded for preferences changed elsewhere).
   markRestore() {
