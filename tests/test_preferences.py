@@ -35,6 +35,13 @@ from tests.sse import Event, parse
 from tests.test_broker import en_ko
 
 
+@pytest.fixture(autouse=True)
+def _language_kept() -> Iterator[None]:
+    """The requests here activate other languages in this thread: not for the next test."""
+    with translation.override(translation.get_language()):
+        yield
+
+
 @pytest.mark.parametrize(
     ("level", "floor", "muted"),
     [
