@@ -90,6 +90,8 @@ KNOWN = frozenset(
         SESSION_MIDDLEWARE,
         "django.middleware.locale.LocaleMiddleware",
         "alarms.middleware.LocaleMiddleware",
+        # Leaves the stream to its broker, which reads the stored language itself.
+        "alarms.middleware.PreferencesMiddleware",
         "django.middleware.common.CommonMiddleware",
         "django.middleware.csrf.CsrfViewMiddleware",
         "django.contrib.auth.middleware.AuthenticationMiddleware",

@@ -1,29 +1,32 @@
-"""Admin forms: the alarm and its inline translations, validated together."""
+"""Forms: the admin's alarm and its inline translations, validated together, and
+a reader's preferences."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from django import forms
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.forms.models import BaseInlineFormSet
 from django.utils import timezone
+from django.utils.text import capfirst
 from django.utils.translation import gettext_lazy as _
 
-from alarms import storm
-from alarms.models import Alarm, AlarmToken, AlarmTranslation, Audience, TokenScope
+from alarms import preferences, storm
+from alarms.models import Alarm, AlarmToken, AlarmTranslation, Audience, Preferences, TokenScope
 from alarms.translation import default_language
 
 if TYPE_CHECKING:
     # Django's form classes take no type parameters at run time; the stubs' do.
     _AlarmFormBase = forms.ModelForm[Alarm]
     _TokenFormBase = forms.ModelForm[AlarmToken]
+    _PreferencesFormBase = forms.ModelForm[Preferences]
     _TranslationFormSetBase = BaseInlineFormSet[
         AlarmTranslation, Alarm, forms.ModelForm[AlarmTranslation]
     ]
 else:
-    _AlarmFormBase = _TokenFormBase = forms.ModelForm
+    _AlarmFormBase = _TokenFormBase = _PreferencesFormBase = forms.ModelForm
     _TranslationFormSetBase = BaseInlineFormSet
 
 
@@ -222,3 +225,56 @@ class AlarmTokenForm(_TokenFormBase):
                 ),
             )
         return cleaned
+
+
+def time_zone_choices() -> list[tuple[str, Any]]:
+    return [("", _("The browser's")), *((z, z) for z in sorted(preferences.zone_names()))]
+
+
+class PreferencesForm(_PreferencesFormBase):
+    """A reader's preferences. Each field's help text and errors are tied to its
+    input (``aria-describedby``), for the page's screen-reader users."""
+
+    time_zone = forms.ChoiceField(
+        label=capfirst(Preferences._meta.get_field("time_zone").verbose_name),
+        required=False,
+        choices=time_zone_choices,
+        help_text=_("Times on alarms and in the admin are shown in this zone."),
+        error_messages={"invalid_choice": _("“%(value)s” is not a time zone this site knows.")},
+    )
+
+    class Meta:
+        model = Preferences
+        fields = ("language", "time_zone", "mute_below", "desktop_from")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # The blank choice named for what it means, not "---------".
+        for name, blank in (
+            ("language", _("As the browser asks")),
+            ("mute_below", _("Mute nothing")),
+        ):
+            field = self.fields[name]
+            assert isinstance(field, forms.ChoiceField)
+            field.choices = [("", blank), *list(cast("list[Any]", field.choices))[1:]]
+
+    def full_clean(self) -> None:
+        super().full_clean()
+        for name, field in self.fields.items():
+            bound = self[name]
+            ids = [f"{bound.auto_id}_helptext"] if field.help_text else []
+            if self.errors.get(name):
+                ids.append(f"{bound.auto_id}_error")
+                field.widget.attrs["aria-invalid"] = "true"
+            if ids:
+                field.widget.attrs["aria-describedby"] = " ".join(ids)
+
+    def clean_time_zone(self) -> str:
+        zone: str = self.cleaned_data["time_zone"]
+        if zone and not preferences.valid_time_zone(zone):
+            raise ValidationError(
+                _("“%(value)s” is not a time zone this site knows."),
+                code="invalid_choice",
+                params={"value": zone},
+            )
+        return zone

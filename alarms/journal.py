@@ -78,8 +78,10 @@ never on rollback, and a crash between the two is impossible.
 Besides alarm changes and dismissals, the journal carries what an open stream's
 authorisation depends on, so every process re-makes it within a read:
 ``access`` rows (a user's groups, flags or password changed, or the user was
-deleted: their streams are authorised again from their sessions) and
-``session`` rows (a session ended: the streams opened with it close).
+deleted: their streams are authorised again from their sessions),
+``session`` rows (a session ended: the streams opened with it close) and
+``prefs`` rows (a user's preferences changed: their streams close, and the
+browser reconnects with the new language and mute floor).
 
 And one kind that is no change at all: ``test`` rows, an operator's "Send a
 test to me" from the admin (``record_test``). The journal is the one path that
@@ -202,6 +204,15 @@ def record_test(user_id: int, payloads: list[dict[str, Any]]) -> None:
     if len(detail) > MAX_TEST_DETAIL:
         raise TestTooLarge(f"{len(detail)} characters of test payloads, {MAX_TEST_DETAIL} at most")
     row = AlarmChange(alarm_id=0, kind=AlarmChange.Kind.TEST, user_id=user_id, detail=detail)
+    _write([row], router.db_for_write(AlarmChange))
+
+
+def record_preferences(user_id: int) -> None:
+    """A user's preferences changed: their open streams close and reconnect
+    with the new ones (``alarms.preferences.store``)."""
+    from alarms.models import AlarmChange
+
+    row = AlarmChange(alarm_id=0, kind=AlarmChange.Kind.PREFS, user_id=user_id)
     _write([row], router.db_for_write(AlarmChange))
 
 

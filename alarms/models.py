@@ -487,6 +487,9 @@ class AlarmChange(models.Model):
         # user's open streams only, never replayed; alarm_id is 0, the payloads
         # are in detail.
         TEST = "test", _("a test sent to its author")
+        # A user's preferences changed (language, time zone, mute): their open
+        # streams close, and reconnect as the new preferences say. alarm_id is 0.
+        PREFS = "prefs", _("a user's preferences changed")
 
     alarm_id = models.BigIntegerField(_("alarm id"))
     kind = models.CharField(_("kind"), max_length=8, choices=Kind, default=Kind.ALARM)

@@ -10,7 +10,16 @@ from django.urls import path
 from alarms.cors import cors
 from alarms.hooks import alertmanager
 from alarms.http_api.urls import api as http_api
-from alarms.views import centre, escalation, health, metrics, payloads, receipts, stream
+from alarms.views import (
+    centre,
+    escalation,
+    health,
+    metrics,
+    payloads,
+    preferences,
+    receipts,
+    stream,
+)
 
 app_name = "alarms"
 
@@ -29,6 +38,8 @@ def outside_atomic_requests(view: Callable[..., Any]) -> Callable[..., Any]:
 
 urlpatterns = [
     path("", centre.centre, name="centre"),
+    path("preferences/", preferences.page, name="preferences"),
+    path("preferences/time-zone/", preferences.detected_time_zone, name="preferences_time_zone"),
     path("stream/", outside_atomic_requests(cors("GET")(stream.stream)), name="stream"),
     path("seen/", cors("POST")(receipts.seen), name="seen"),
     path("dismiss/", cors("POST")(receipts.dismiss), name="dismiss"),

@@ -300,6 +300,7 @@ def test_values_are_the_brokers(run: Runner) -> None:
             "closed_signed_out": 20,
             "closed_session_expired": 21,
             "reauthorised": 22,
+            "closed_preferences": 23,
         }
         for name, value in counted.items():
             setattr(broker.counters, name, value)
@@ -341,6 +342,7 @@ def test_values_are_the_brokers(run: Runner) -> None:
             (closed, (("reason", "shutdown"),)): 18,
             (closed, (("reason", "signed_out"),)): 20,
             (closed, (("reason", "session_expired"),)): 21,
+            (closed, (("reason", "preferences"),)): 23,
             ("alarms_stalled_aborted_total", ()): 16,
         }
 

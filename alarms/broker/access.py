@@ -5,7 +5,10 @@ A stream is an authorisation decision made at connect. The journal's
 deleted) and ``session`` rows (a session ended) make every process decide
 again, before the same read's alarm changes fan out: each stream of the user
 is given its user's current viewer, or signed out. See docs/architecture.md,
-"Access follows the user".
+"Access follows the user". ``prefs`` rows (the user's language, time zone or
+mute floor changed) end each stream of the user after a ``prefs`` event that
+carries the new preferences: the browser reconnects, and its connect reads the
+new language and floor (docs/preferences.md).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from alarms.broker.cache import Viewer
 from alarms.broker.counters import CloseReason
 from alarms.broker.reads import ConnectState, Row
 from alarms.broker.subscribers import Subscriber
+from alarms.preferences import FIELDS
 
 if TYPE_CHECKING:
     from alarms.broker.base import BaseBroker
@@ -40,7 +44,9 @@ class Access:
         # sessions, kept for streams that connect while one is read.
         self._access_at: OrderedDict[int, int] = OrderedDict()
         self._sessions_ended: OrderedDict[str, int] = OrderedDict()
+        self._prefs_at: OrderedDict[int, int] = OrderedDict()
         self._pending: set[int] = set()
+        self._prefs_pending: set[int] = set()
 
     def connected(self, sub: Subscriber, loaded_at: int) -> None:
         """A stream whose user was loaded at journal row ``loaded_at`` just subscribed.
@@ -50,7 +56,12 @@ class Access:
         the next read.
         """
         user_id = sub.viewer.user_id
-        if user_id is None or not sub.session:
+        if user_id is None:
+            return
+        if self._prefs_at.get(user_id, 0) > loaded_at:
+            self._prefs_pending.add(user_id)
+            self.broker.wake()
+        if not sub.session:
             return
         if self._sessions_ended.get(sub.session, 0) > loaded_at:
             sub.close("signed_out")
@@ -71,7 +82,11 @@ class Access:
             elif kind == "access" and user_id is not None:
                 _remember(self._access_at, user_id, row_id)
                 self._pending.add(user_id)
+            elif kind == "prefs" and user_id is not None:
+                _remember(self._prefs_at, user_id, row_id)
+                self._prefs_pending.add(user_id)
         by_user = subscribers.by_user
+        await self._preferences_changed()
         users = {u for u in self._pending if u in by_user}
         self._pending.clear()
         if not users:
@@ -89,6 +104,28 @@ class Access:
                     self._reauthorise(sub, state, now, event_id)
         broker.counters.reauthorised += len(users)
 
+    async def _preferences_changed(self) -> None:
+        """End the streams of the users whose preferences changed, each after a
+        ``prefs`` event with what they are now: the browser reloads a page in
+        another language or time zone, and reconnects in any case; the connect
+        reads the new language and mute floor with the user."""
+        broker = self.broker
+        by_user = broker.subscribers.by_user
+        users = {u for u in self._prefs_pending if u in by_user}
+        self._prefs_pending.clear()
+        if not users:
+            return
+        found = await broker.read_db(broker.reads.preferences_of, users)
+        for user_id in users:
+            # No id: the stream's Last-Event-ID stays at what it was sent, so the
+            # reconnect replays this read's alarm changes it will not be sent now.
+            values = dict(zip(FIELDS, found.get(user_id, ("", "", "", "")), strict=True))
+            chunk = events.encode(events.dumps(values), event="prefs")
+            for sub in list(by_user.get(user_id, ())):
+                sub.push(chunk)
+                broker.counters.events += 1
+                sub.close("preferences")
+
     def _reauthorise(
         self, sub: Subscriber, state: ConnectState, now: datetime, event_id: str
     ) -> None:
@@ -99,6 +136,7 @@ class Access:
             is_staff=state.viewer.is_staff,
             group_ids=state.viewer.group_ids,
             language=sub.viewer.language,
+            muted=state.viewer.muted,
         )
         sub.expires_at = state.expires_at.timestamp() if state.expires_at else None
         sub.dismissed |= state.dismissed

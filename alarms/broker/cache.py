@@ -16,12 +16,15 @@ from alarms import rules
 
 @dataclass(frozen=True)
 class Viewer:
-    """Who a stream belongs to, as far as visibility and language go."""
+    """Who a stream belongs to, as far as visibility, language and mute go."""
 
     user_id: int | None = None
     is_staff: bool = False
     group_ids: frozenset[int] = frozenset()
     language: str = "en"
+    #: The levels the user muted (``alarms.preferences.muted_levels``): never
+    #: sent to this stream, so never seen nor dismissed by it.
+    muted: frozenset[str] = frozenset()
 
     @property
     def is_authenticated(self) -> bool:
@@ -77,6 +80,10 @@ class CachedAlarm:
             )
         except (KeyError, TypeError, ValueError, AttributeError):
             return None
+
+    def interrupts(self, viewer: Viewer) -> bool:
+        """Whether ``viewer`` may read this alarm and has not muted its level."""
+        return self.level not in viewer.muted and self.visible_to(viewer)
 
     def visible_to(self, viewer: Viewer) -> bool:
         return rules.can_see(

@@ -45,8 +45,13 @@ async def connect(
     language: str,
     since: tuple[int, int] | None,
     address: str = "",
+    *,
+    chosen: bool = False,
 ) -> Connection:
     """Open a stream for ``request``'s user (on the broker's loop, once started).
+
+    The stream speaks ``language`` when ``chosen`` (``?lang=``); else the
+    user's stored language, if any, read with the user; else ``language``.
 
     Raises :class:`~alarms.broker.subscribers.BrokerFull` or ``AddressFull``
     when the process or the address holds as many streams as it may.
@@ -54,7 +59,7 @@ async def connect(
     # One trip to the database threads, with the connects that came together:
     # the viewer, then what it missed up to the head as it was when the batch
     # left the loop (each trip costs a wake-up of the loop).
-    state, missed = await broker.loads.connect(request, language, since)
+    state, missed = await broker.loads.connect(request, language, since, chosen)
     loaded_at = state.head
     sub = broker.subscribe(state, address)
     if since is not None:
@@ -120,7 +125,8 @@ def replay(broker: BaseBroker, sub: Subscriber, missed: Missed) -> list[bytes]:
 
 
 def deliverable(alarms: Any, sub: Subscriber, now: datetime) -> list[CachedAlarm]:
-    """Live alarms ``sub`` may read and has not dismissed, in the order they are shown."""
+    """Live alarms ``sub`` may read, has not muted and has not dismissed, in the
+    order they are shown. A muted alarm is neither in a snapshot nor replayed."""
     return in_order(
-        a for a in alarms if a.live(now) and a.visible_to(sub.viewer) and a.id not in sub.dismissed
+        a for a in alarms if a.live(now) and a.interrupts(sub.viewer) and a.id not in sub.dismissed
     )

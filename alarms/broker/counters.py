@@ -11,7 +11,9 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 #: Why the server closed a stream (``Subscriber.close``).
-CloseReason = Literal["slow", "replaced", "lifetime", "shutdown", "signed_out", "session_expired"]
+CloseReason = Literal[
+    "slow", "replaced", "lifetime", "shutdown", "signed_out", "session_expired", "preferences"
+]
 
 
 def _counter(name: str, help_text: str, **labels: str) -> Any:
@@ -54,6 +56,7 @@ class Counters:
     closed_session_expired: int = _counter(
         "alarms_streams_closed_total", _CLOSED, reason="session_expired"
     )
+    closed_preferences: int = _counter("alarms_streams_closed_total", _CLOSED, reason="preferences")
     aborted_stalled: int = _counter(
         "alarms_stalled_aborted_total",
         "Connections dropped because the client read nothing for SLOW_CLIENT_TIMEOUT "

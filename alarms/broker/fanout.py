@@ -22,15 +22,16 @@ def alarm_changed(
     now: datetime,
     event_id: str,
 ) -> int:
-    """Send ``new`` to every stream that may read it now, and retract ``old``
-    (as last announced) from those that had it and may not read ``new``."""
+    """Send ``new`` to every stream that may read it now (and has not muted its
+    level), and retract ``old`` (as last announced) from those that had it and
+    may not read ``new``."""
     encoded: dict[str, bytes] = {}
     retract: bytes | None = None
     alarm_id = new.id if new is not None else old.id if old is not None else 0
     queued = 0
     for sub in subscribers:
         viewer = sub.viewer
-        if new is not None and new.live(now) and new.visible_to(viewer):
+        if new is not None and new.live(now) and new.interrupts(viewer):
             if new.id in sub.dismissed:
                 continue
             # Encoded once per language, not once per stream.
@@ -40,7 +41,7 @@ def alarm_changed(
                     new.payload(viewer.language), event_id
                 )
             sub.push(chunk, alarm_id)
-        elif old is not None and old.announced and old.visible_to(viewer):
+        elif old is not None and old.announced and old.interrupts(viewer):
             retract = retract or events.retract(old.id, event_id)
             sub.push(retract, alarm_id)
         else:
@@ -80,7 +81,7 @@ def switch_viewer(
     for alarm in in_order(alarms):
         if not (alarm.announced and alarm.live(now)):
             continue
-        was, now_visible = alarm.visible_to(old), alarm.visible_to(new)
+        was, now_visible = alarm.interrupts(old), alarm.interrupts(new)
         if was and not now_visible:
             sub.push(events.retract(alarm.id, event_id), alarm.id)
         elif now_visible and not was and alarm.id not in sub.dismissed:

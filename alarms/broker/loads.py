@@ -37,6 +37,8 @@ class Load:
     since: tuple[int, int] | None = None
     viewer: Viewer | None = None
     head: int | None = None
+    #: ``language`` was asked for (``?lang=``): it wins over a stored one.
+    chosen: bool = False
     future: asyncio.Future[Loaded] = field(init=False)
 
 
@@ -49,10 +51,12 @@ class Loads:
         self._running = 0  # batches on their way, at most DB_THREADS
         self._tasks: set[asyncio.Task[None]] = set()  # held, or they may be collected
 
-    async def connect(self, request: Any, language: str, since: tuple[int, int] | None) -> Loaded:
+    async def connect(
+        self, request: Any, language: str, since: tuple[int, int] | None, chosen: bool = False
+    ) -> Loaded:
         """The reader of ``request`` and, resuming, what they missed up to the head."""
         login = Login(session=getattr(request, "session", None), request=request)
-        return await self._submit(Load(login, language, since))
+        return await self._submit(Load(login, language, since, chosen=chosen))
 
     async def missed(self, viewer: Viewer, since: tuple[int, int], head: int) -> Missed | None:
         """What ``viewer`` missed between ``since`` and ``head`` (see ``Reads.missed``)."""
@@ -127,6 +131,7 @@ def load_batch(
         [load.login for load in logins if load.login is not None],
         [load.language for load in logins],
         alarm_ids,
+        chosen=[load.chosen for load in logins],
     )
     state_of: dict[int, ConnectState | Exception] = {
         id(load): state for load, state in zip(logins, states, strict=True)

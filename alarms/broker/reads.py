@@ -17,6 +17,7 @@ from django.utils.module_loading import import_string
 
 from alarms.broker.cache import CachedAlarm, Viewer
 from alarms.broker.sessions import Login, authenticate
+from alarms.preferences import FIELDS, muted_levels
 
 # A journal row as the broker reads it: id, alarm id, kind, user id, session digest.
 Row = tuple[int, int, str, int | None, str]
@@ -398,14 +399,21 @@ class Reads:
         return quote(meta.db_table), ", ".join(quote(column[n]) for n in names)
 
     def viewers(
-        self, logins: Sequence[Login], languages: Sequence[str], alarm_ids: list[int]
+        self,
+        logins: Sequence[Login],
+        languages: Sequence[str],
+        alarm_ids: list[int],
+        *,
+        chosen: Sequence[bool] | None = None,
     ) -> list[ConnectState | Exception]:
         """Each reader's viewer, receipts and session, for many readers at once.
 
-        Who each is comes from :func:`~alarms.broker.sessions.authenticate`;
-        then one query for the groups of all these users and one for their
-        receipts of ``alarm_ids``. A login whose decision raised gets its error
-        in place of a state.
+        Who each is comes from :func:`~alarms.broker.sessions.authenticate`,
+        whose query for the users brings their preferences along; then one
+        query for the groups of all these users and one for their receipts of
+        ``alarm_ids``. A reader speaks their stored language unless theirs in
+        ``languages`` was ``chosen`` (``?lang=``), and has their mute floor.
+        A login whose decision raised gets its error in place of a state.
         """
         authenticate(logins)
         users = [
@@ -414,20 +422,24 @@ class Reads:
         ]
         signed_in = [user for user in users if user is not None]
         groups = _group_ids(signed_in)
+        prefs = self._preferences(signed_in)
         receipts = self._receipts({user.pk for user in signed_in}, alarm_ids)
         states: list[ConnectState | Exception] = []
-        for login, user, language in zip(logins, users, languages, strict=True):
+        asked = chosen if chosen is not None else [False] * len(logins)
+        for login, user, language, fixed in zip(logins, users, languages, asked, strict=True):
             if login.error is not None:
                 states.append(login.error)
                 continue
             if user is None:
                 states.append(ConnectState(Viewer(language=language), set(), set()))
                 continue
+            stored_language, mute_below = prefs.get(user.pk, ("", ""))
             viewer = Viewer(
                 user_id=user.pk,
                 is_staff=bool(user.is_staff),
                 group_ids=groups[user.pk],
-                language=language,
+                language=language if fixed or not stored_language else stored_language,
+                muted=muted_levels(mute_below),
             )
             seen, dismissed = receipts.get(user.pk, ((), ()))
             key = getattr(login.session, "session_key", None)
@@ -435,6 +447,35 @@ class Reads:
             # Sets of the stream's own: a subscriber adds to its dismissed set.
             states.append(ConnectState(viewer, set(seen), set(dismissed), key, expires_at))
         return states
+
+    def _preferences(self, users: list[Any]) -> dict[Any, tuple[str, str]]:
+        """Each user's stored language and mute floor: from the user query where
+        it brought them (``sessions.authenticate``), else one query for the rest."""
+        found: dict[Any, tuple[str, str]] = {}
+        missing: set[Any] = set()
+        for user in users:
+            cached = _cached_preferences(user)
+            if cached is _NOT_CACHED:
+                missing.add(user.pk)
+            elif cached is not None:
+                found[user.pk] = (cached.language, cached.mute_below)
+        if missing:
+            found.update(self.preferences_of(missing, ("language", "mute_below")))
+        return found
+
+    def preferences_of(
+        self, user_ids: Iterable[Any], names: Sequence[str] = FIELDS
+    ) -> dict[Any, tuple[str, ...]]:
+        """The stored ``names`` preferences of each of ``user_ids`` that has a row."""
+        from alarms.models import Preferences
+
+        rows = (
+            Preferences.objects.using(self.alias)
+            .filter(user_id__in=list(user_ids))
+            .order_by()
+            .values_list("user_id", *names)
+        )
+        return {row[0]: tuple(row[1:]) for row in rows}
 
     def _receipts(
         self, user_ids: set[Any], alarm_ids: list[int]
@@ -599,6 +640,19 @@ class _Window:
                     self.deleted[alarm_id] = detail
             elif user_id is not None:
                 self.dismissed.setdefault(user_id, set()).add(alarm_id)
+
+
+_NOT_CACHED = object()
+
+
+def _cached_preferences(user: Any) -> Any:
+    """The user's ``alarm_preferences`` as its query brought it (None: no row),
+    or ``_NOT_CACHED`` when it was not read with the user."""
+    descriptor = getattr(type(user), "alarm_preferences", None)
+    related = getattr(descriptor, "related", None)
+    if related is None or not related.is_cached(user):
+        return _NOT_CACHED
+    return related.get_cached_value(user)
 
 
 def _group_ids(users: list[Any]) -> dict[Any, frozenset[int]]:

@@ -30,6 +30,9 @@ from django.utils.crypto import constant_time_compare
 
 from alarms import runtime
 
+# The user's reverse relation to alarms.models.Preferences.
+PREFERENCES = "alarm_preferences"
+
 
 @dataclass(eq=False)
 class Login:
@@ -163,7 +166,11 @@ def _find_users(logins: Sequence[Login]) -> None:
     if not logins:
         return
     manager = get_user_model()._default_manager
-    users = {user.pk: user for user in manager.filter(pk__in={login.user_id for login in logins})}
+    query = manager.filter(pk__in={login.user_id for login in logins})
+    if PREFERENCES in {f.name for f in query.model._meta.related_objects}:
+        # The stream's language and mute floor (alarms.preferences), in the same query.
+        query = query.select_related(PREFERENCES)
+    users = {user.pk: user for user in query}
 
     def found(login: Login) -> None:
         login._pending = False

@@ -20,7 +20,7 @@ from django.utils.translation import gettext, ngettext, trans_real
 
 from alarms import preferences
 from alarms.cors import normalise_origin
-from alarms.models import Alarm, Level
+from alarms.models import Alarm, Level, Preferences
 
 try:  # Django 6.0+: its ContentSecurityPolicyMiddleware keeps the nonce on the request.
     from django.middleware.csp import get_nonce as _django_nonce
@@ -143,11 +143,19 @@ def toasts_html(
     max_visible: int = 3,
     nonce: str | None = None,
     desktop_from: str = Level.CRITICAL,
+    stored_language: str = "",
+    time_zone: str = "",
+    zone_url: str = "",
+    preferences_version: int = 0,
 ) -> SafeString:
     """The stylesheet, the (empty) toast region and the data-configured module script.
 
     ``desktop_from``: the lowest level that raises a desktop notification
-    (an unknown one counts as critical).
+    (an unknown one counts as critical). ``stored_language`` and ``time_zone``:
+    the signed-in user's stored choices ("" for none), which the client compares
+    with those a ``prefs`` event brings; ``zone_url``: where it stores the zone it
+    detects, given only while none is; ``preferences_version``: when they were
+    saved (ms), so that of two pages the client knows which saw the newer ones.
     """
     if desktop_from not in preferences.LEVEL_ORDER:
         desktop_from = Level.CRITICAL
@@ -160,7 +168,10 @@ def toasts_html(
         ' data-csrf-token="{csrf}" data-csrf-cookie="{csrf_cookie}" data-language="{lang}"'
         ' data-authenticated="{auth}" data-scope="{scope}" data-auto-hide="{auto_hide}"'
         ' data-max-visible="{max_visible}" data-region="{region}" data-labels="{labels}"'
-        ' data-plural-rule="{plural_rule}" data-desktop-from="{desktop_from}"></script>',
+        ' data-plural-rule="{plural_rule}" data-desktop-from="{desktop_from}"'
+        ' data-stored-language="{stored_language}"'
+        ' data-time-zone="{time_zone}" data-zone-url="{zone_url}"'
+        ' data-preferences-version="{preferences_version}"></script>',
         css=css_url,
         js=js_url,
         nonce=_nonce(nonce),
@@ -180,6 +191,10 @@ def toasts_html(
         labels=json.dumps(dict(words), ensure_ascii=False, sort_keys=True),
         plural_rule=plural_expression,
         desktop_from=desktop_from,
+        stored_language=stored_language,
+        time_zone=time_zone,
+        zone_url=zone_url,
+        preferences_version=int(preferences_version),
     )
 
 
@@ -208,13 +223,11 @@ def user_scope(user: Any) -> str:
     return salted_hmac("alarms.scope", str(user.pk), algorithm="sha256").hexdigest()[:20]
 
 
-def desktop_floor(user: Any) -> str:
-    """The lowest level that raises a desktop notification for ``user``.
-
-    The reader's ``Preferences.desktop_from``; critical for an anonymous user
-    (no query) or one who saved no preferences.
+def desktop_floor(prefs: Preferences | None) -> str:
+    """The lowest level that raises a desktop notification for the reader whose
+    preferences these are (``preferences.for_request``, read once per request):
+    critical for an anonymous user or one who saved no preferences.
     """
-    prefs = preferences.for_user(user)
     return prefs.desktop_from if prefs is not None and prefs.desktop_from else Level.CRITICAL
 
 
@@ -239,6 +252,9 @@ def alarms_toasts(
     if request is None:
         return ""
     user = getattr(request, "user", None)
+    prefs = preferences.for_request(request)
+    zone = prefs.time_zone if prefs is not None else ""
+    signed_in = bool(getattr(user, "is_authenticated", False))
     return toasts_html(
         css_url=static("alarms/alarms.css"),
         js_url=static("alarms/alarms.js"),
@@ -257,7 +273,12 @@ def alarms_toasts(
         auto_hide=auto_hide,
         max_visible=max_visible,
         nonce=csp_nonce(context, request),
-        desktop_from=desktop_floor(user),
+        desktop_from=desktop_floor(prefs),
+        stored_language=prefs.language if prefs is not None else "",
+        time_zone=zone,
+        # Detected in the browser and stored once; another origin's session is not this one's.
+        zone_url="" if origin or zone or not signed_in else reverse("alarms:preferences_time_zone"),
+        preferences_version=int(prefs.updated_at.timestamp() * 1000) if prefs is not None else 0,
     )
 
 

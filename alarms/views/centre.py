@@ -23,7 +23,7 @@ from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 from django.views.decorators.http import require_http_methods
 
-from alarms import api, events, inbox
+from alarms import api, events, inbox, preferences
 from alarms.conf import get_config
 from alarms.models import Alarm, Level
 
@@ -98,10 +98,13 @@ class Entry:
     state: str  # "unread", "dismissed" or "expired"
     seen_at: datetime | None
     dismissed_at: datetime | None
+    # Below the reader's mute floor: listed here, never toasted (alarms.preferences).
+    muted: bool = False
 
 
-def entries(alarms: list[Alarm], language: str) -> list[Entry]:
-    """``inbox.history`` rows (with their annotations) as this reader sees them."""
+def entries(alarms: list[Alarm], language: str, mute_below: str = "") -> list[Entry]:
+    """``inbox.history`` rows (with their annotations) as this reader sees them;
+    those below ``mute_below`` marked muted."""
     labels = dict(Level.choices)
     result = []
     for alarm in alarms:
@@ -129,6 +132,7 @@ def entries(alarms: list[Alarm], language: str) -> list[Entry]:
                 state=state,
                 seen_at=getattr(alarm, "seen_at", None),
                 dismissed_at=dismissed_at,
+                muted=preferences.is_muted(alarm.level, mute_below),
             )
         )
     return result
@@ -150,7 +154,10 @@ def centre(request: HttpRequest) -> HttpResponse:
         return _post(request, found, values, language)
     paginator = Paginator(found.prefetch_related("translations"), values["size"])
     page = paginator.get_page(request.GET.get("page"))
-    shown = entries(list(page.object_list), language)
+    # The centre lists muted alarms too, marked: mute is about interruptions.
+    prefs = preferences.for_request(request)
+    floor = prefs.mute_below if prefs is not None else ""
+    shown = entries(list(page.object_list), language, floor)
     unread_count = inbox.filtered(
         inbox.unread(user), level=values["level"], text=values["q"], language=language
     ).count()

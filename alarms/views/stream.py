@@ -20,19 +20,21 @@ from alarms.broker import get_broker
 from alarms.broker.base import BaseBroker
 from alarms.broker.connect import connect
 from alarms.broker.subscribers import AddressFull, BrokerFull, Subscriber
+from alarms.middleware import preferences_read_by_broker
 from alarms.translation import default_language, supported_language
 
 logger = logging.getLogger("alarms.stream")
 _warned_no_flow_control = False
 
 
+@preferences_read_by_broker
 @never_cache
 @require_GET
 async def stream(request: HttpRequest) -> HttpResponseBase:
     broker = get_broker()
     await broker.ensure_started()
     _check_flow_control(request)
-    language = stream_language(request)
+    language, chosen = requested_language(request)
     since = events.parse_event_id(
         request.headers.get("Last-Event-ID") or request.GET.get("last_event_id")
     )
@@ -40,7 +42,7 @@ async def stream(request: HttpRequest) -> HttpResponseBase:
     # Sessions, the user and their receipts are read in the broker's own
     # database threads, so a storm of connects cannot open a connection each.
     try:
-        opened = await connect(broker, request, language, since, address)
+        opened = await connect(broker, request, language, since, address, chosen=chosen)
     except AddressFull:
         limit = broker.config["MAX_STREAMS_PER_ADDRESS"]
         logger.warning(
@@ -65,6 +67,7 @@ async def stream(request: HttpRequest) -> HttpResponseBase:
             503, "This server holds as many alarm streams as it may; try again shortly.\n"
         )
     sub, first, state = opened.sub, opened.first, opened.state
+    language = state.viewer.language
     logger.info(
         "stream %d opened: user %s, %s, %s (%d events)",
         sub.id,
@@ -117,12 +120,23 @@ def _check_flow_control(request: HttpRequest) -> None:
 
 
 def stream_language(request: HttpRequest) -> str:
-    """``?lang=`` when the site speaks it, else the locale Django chose for the request."""
+    """``?lang=`` when the site speaks it, else the locale Django chose for the
+    request (a signed-in user's stored one with ``PreferencesMiddleware``)."""
+    return requested_language(request)[0]
+
+
+def requested_language(request: HttpRequest) -> tuple[str, bool]:
+    """The language a stream asks for, and whether it was asked for by ``?lang=``.
+
+    The stream then speaks ``?lang=``, else the user's stored language (read by
+    the broker with the user, ``Reads.viewers``), else the locale Django chose
+    for the request (the cookie, Accept-Language).
+    """
     override = supported_language(request.GET.get("lang"))
     if override:
-        return override
+        return override, True
     active = translation.get_language() or ""
-    return supported_language(active) or default_language()
+    return supported_language(active) or default_language(), False
 
 
 async def _events(
@@ -165,8 +179,10 @@ async def _events(
                 broker.counters.delivered += len(chunks)
             if sub.closed:
                 closing = events.comment(f"closed: {sub.closed}")
-                if sub.closed == "shutdown":
-                    # This process is going away: come back at once, spread over a second.
+                if sub.closed in ("shutdown", "preferences"):
+                    # This process is going away, or the user's preferences changed
+                    # (a new language, a new mute floor): come back at once, spread
+                    # over a second.
                     closing += events.encode(retry=random.randint(100, 1000))
                 elif sub.closed == "replaced":
                     # A newer stream of this user took its place: come back late, or

@@ -4,6 +4,7 @@ import { parseJSON, warnOnce } from "./log.js";
 import { isCrossOrigin } from "./net.js";
 import { Notifier, permissionButton, permissionState } from "./notify.js";
 import { Outbox } from "./outbox.js";
+import { pageIsCurrent, storeTimeZone } from "./prefs.js";
 import { IdSet, Store, TabStore } from "./storage.js";
 import { Stream } from "./stream.js";
 import { Channel, TAB, elect } from "./tabs.js";
@@ -72,6 +73,9 @@ class Client {
     this.generation = 0;
     this.channel = null;
     this.election = null;
+    // A form of this page was submitted: the page is on its way out, and a
+    // change of preferences it made must not reload it over its answer.
+    this.leaving = false;
   }
 
   // -- receiving events (from the stream, or relayed by the leader) ----------
@@ -140,6 +144,11 @@ class Client {
       this.channel.post({ type: "event", name: name, data: data, fresh: true });
       return;
     }
+    if (name === "prefs") {
+      this.channel.post({ type: "prefs", data: data });
+      this.preferencesChanged(data);
+      return;
+    }
     if (!data || typeof data.id !== "number") {
       return;
     }
@@ -187,7 +196,16 @@ class Client {
           }
         }
         break;
+      case "prefs":
+        this.preferencesChanged(message.data);
+        break;
       case "hello":
+        if (this.newerPreferences(message.preferences)) {
+          // Rendered after a change this page missed (its prefs event went to a
+          // leader that was leaving): as if the event had come.
+          this.preferencesChanged(message.preferences);
+          break;
+        }
         if (this.leader) {
           this.greet(message);
         }
@@ -237,6 +255,38 @@ class Client {
       // in the new language, and toasts on screen are updated in place.
       this.stream.open(false);
     }
+  }
+
+  // -- the user's preferences changed (on any device) ---------------------------
+
+  // The server ended the stream after this event: a page in another language
+  // or time zone than the user's now loads again (its toasts come back in the
+  // new language, see init()); any other reconnects at once, without a last
+  // event id, so that alarms a lowered mute floor lets through are sent.
+  preferencesChanged(prefs) {
+    if (!prefs || typeof prefs !== "object") {
+      return;
+    }
+    const reload = !pageIsCurrent(this.config, prefs);
+    const wanted = emit("alarms:preferences", { preferences: prefs, reload: reload }, true);
+    if (reload && wanted && !this.leaving) {
+      this.tabStore.markRestore();
+      window.location.reload();
+    } else if (this.leader) {
+      this.stream.open(false);
+    }
+  }
+
+  // Whether another page's stored preferences are newer than this page's, and
+  // not what this page shows.
+  newerPreferences(prefs) {
+    return (
+      !!prefs &&
+      typeof prefs === "object" &&
+      typeof prefs.version === "number" &&
+      prefs.version > this.config.preferencesVersion &&
+      !pageIsCurrent(this.config, prefs)
+    );
   }
 
   // -- the same alarms in another language -------------------------------------
@@ -357,7 +407,16 @@ class Client {
       () => this.lead(),
       () => this.stepDown()
     );
-    this.channel.post({ type: "hello", tab: TAB, language: this.config.language });
+    this.channel.post({
+      type: "hello",
+      tab: TAB,
+      language: this.config.language,
+      preferences: {
+        language: this.config.storedLanguage,
+        time_zone: this.config.timeZone,
+        version: this.config.preferencesVersion
+      }
+    });
   }
 
   stop() {
@@ -376,16 +435,27 @@ class Client {
   }
 
   init() {
-    // The language this user's pages spoke until now (start() sets this page's).
+    // The language this user's pages spoke until now (start() sets this page's),
+    // and the one this tab's last page spoke: another tab may have loaded a page
+    // in the new language first.
     const previous = this.store.get("language", "");
+    const previousHere = this.tabStore.language();
+    this.tabStore.setLanguage(this.config.language);
     this.toasts.ensureRegion();
     this.badges.init(this.dismissedIds);
     permissionButton(emit);
     this.start();
-    if (previous && previous !== this.config.language) {
+    if (this.config.authenticated) {
+      storeTimeZone(this.config);
+    }
+    document.addEventListener("submit", (e) => {
+      this.leaving = !e.defaultPrevented;
+    });
+    const switched = [previous, previousHere].some((l) => l && l !== this.config.language);
+    if (this.tabStore.takeRestore() || switched) {
       // This page replaces one of this tab in another language (the language
-      // form reloads the page): show again what that page showed, in this
-      // page's language, seen or not.
+      // form, or a change of preferences elsewhere, reloads the page): show
+      // again what that page showed, in this page's language, seen or not.
       this.refresh(this.tabStore.get(), true);
     }
   }

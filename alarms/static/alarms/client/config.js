@@ -30,6 +30,13 @@ export function readConfig(ds) {
     labels: parseJSON(ds.labels, {}, "data-labels") || {},
     pluralRule: ds.pluralRule || "",
     // The lowest level that raises a desktop notification (notify.js).
-    desktopFrom: ds.desktopFrom || "critical"
+    desktopFrom: ds.desktopFrom || "critical",
+    // A signed-in user's stored language and time zone ("" for none), and
+    // where to store the zone this browser detects (only while none is).
+    storedLanguage: ds.storedLanguage || "",
+    timeZone: ds.timeZone || "",
+    // When they were last saved (ms), to tell which of two pages is newer.
+    preferencesVersion: toInt(ds.preferencesVersion, 0),
+    zoneUrl: ds.zoneUrl || ""
   };
 }

@@ -6,7 +6,7 @@ const MAX_FAILURES = 8;
 
 // The token Django checks: from its cookie when the site uses one (it may
 // have rotated since the page was rendered), else the one the page carries.
-function csrfToken(config) {
+export function csrfToken(config) {
   if (config.csrfCookie) {
     const parts = document.cookie ? document.cookie.split(";") : [];
     for (const part of parts) {

@@ -57,6 +57,44 @@ export class TabStore {
       warnOnce("tab-storage-write", "sessionStorage cannot be written", error);
     }
   }
+
+  // The language of this tab's last page ("" for none yet), and this page's.
+  language() {
+    try {
+      return window.sessionStorage.getItem(this.key + ":language") || "";
+    } catch (error) {
+      return "";
+    }
+  }
+
+  setLanguage(language) {
+    try {
+      window.sessionStorage.setItem(this.key + ":language", language);
+    } catch (error) {
+      warnOnce("tab-storage-write", "sessionStorage cannot be written", error);
+    }
+  }
+
+  // The next page of this tab is to show again what this one shows (it is
+  // reloaded for preferences changed elsewhere).
+  markRestore() {
+    try {
+      window.sessionStorage.setItem(this.key + ":restore", "1");
+    } catch (error) {
+      warnOnce("tab-storage-write", "sessionStorage cannot be written", error);
+    }
+  }
+
+  // Whether markRestore() was called by the page before; forgets it.
+  takeRestore() {
+    try {
+      const marked = window.sessionStorage.getItem(this.key + ":restore") === "1";
+      window.sessionStorage.removeItem(this.key + ":restore");
+      return marked;
+    } catch (error) {
+      return false;
+    }
+  }
 }
 
 // A bounded set of alarm ids kept in localStorage, re-read on every use so

@@ -2,7 +2,8 @@ import { warnOnce } from "./log.js";
 import { backoff, isCrossOrigin } from "./net.js";
 
 // "test": an operator's test of an alarm, for their own pages only (client.js).
-const EVENTS = ["alarm", "retract", "dismiss", "test"];
+// "prefs": the user's preferences changed; the server ends the stream after it.
+const EVENTS = ["alarm", "retract", "dismiss", "test", "prefs"];
 
 // The one EventSource of this browser, held by the leading tab. It resumes
 // after the last event it saw (Last-Event-ID, or ?last_event_id= when it

@@ -4,6 +4,7 @@
 // check at the top are the only parts that stand alone.
 import { warnOnce } from "./log.js";
 import { isCrossOrigin } from "./net.js";
+import { formatTime } from "./prefs.js";
 
 const AUTO_HIDE = { info: true, success: true };
 const ASSERTIVE = { error: true, critical: true };
@@ -143,6 +144,7 @@ export class Toasts {
     mark.setAttribute("lang", this.config.language);
     const title = el("p", "alarms-title");
     const message = el("p", "alarms-message");
+    const time = el("time", "alarms-time");
     const link = el("a", "alarms-link");
     const close = el("button", "alarms-close");
     close.type = "button";
@@ -154,6 +156,7 @@ export class Toasts {
     progress.setAttribute("aria-hidden", "true");
     body.appendChild(title);
     body.appendChild(message);
+    body.appendChild(time);
     body.appendChild(link);
     node.appendChild(iconBox);
     node.appendChild(body);
@@ -167,6 +170,7 @@ export class Toasts {
       mark: mark,
       title: title,
       message: message,
+      time: time,
       link: link,
       progress: progress,
       level: "",
@@ -244,6 +248,12 @@ export class Toasts {
       toast.title.insertBefore(toast.mark, toast.title.firstChild);
     }
     toast.message.textContent = data.message || "";
+    // When it was published, in the user's stored time zone (else the browser's).
+    const when = formatTime(data.published_at, language, this.config.timeZone);
+    toast.time.textContent = when;
+    toast.time.setAttribute("datetime", when ? data.published_at : "");
+    toast.time.setAttribute("lang", language);
+    toast.time.hidden = !when;
     const href = safeLink(data.url, this.config.streamUrl);
     if (href) {
       toast.link.setAttribute("href", href);
