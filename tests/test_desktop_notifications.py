@@ -70,17 +70,20 @@ def test_the_floor_is_a_data_attribute_and_unknown_levels_are_critical():
 def test_the_tag_reads_the_readers_floor(
     rf: RequestFactory, django_user_model, django_assert_num_queries
 ):
-    request = rf.get("/")
-    request.user = AnonymousUser()
+    def request_of(user: object) -> object:
+        # A request each time: the preferences are read once per request.
+        request = rf.get("/")
+        request.user = user
+        return request
+
     with django_assert_num_queries(0):
-        assert floor(request) == "critical"
+        assert floor(request_of(AnonymousUser())) == "critical"
 
     reader = django_user_model.objects.create_user("reader")
-    request.user = reader
     with django_assert_num_queries(1):
-        assert floor(request) == "critical"  # no preferences saved
+        assert floor(request_of(reader)) == "critical"  # no preferences saved
     Preferences.objects.create(user=reader, desktop_from="warning")
-    assert floor(request) == "warning"
+    assert floor(request_of(reader)) == "warning"
 
 
 @pytest.mark.django_db
