@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -67,8 +68,7 @@ def server_command(server: str, port: int) -> list[str]:
     ]  # fmt: skip
 
 
-def client_command(args: argparse.Namespace, label: str, url: str, note: str) -> list[str]:
-    n = args.processes * args.per_process
+def client_command(args: argparse.Namespace, label: str, url: str, note: str, n: int) -> list[str]:
     return [
         sys.executable, str(args.client), "--label", label, "-n", str(n),
         "--window", str(args.window), "--connect-rate", str(args.connect_rate),
@@ -80,7 +80,9 @@ def client_command(args: argparse.Namespace, label: str, url: str, note: str) ->
 def run_floor(args: argparse.Namespace, note: str, port: int) -> None:
     floor = args.client.parent / "peers" / "floor_server.py"
     trigger = f"curl -s -X POST 'http://127.0.0.1:{port}/publish?message={{token}}'"
-    command = client_command(args, "floor", f"http://127.0.0.1:{port}/events", note)
+    # One process holds every stream: it needs a descriptor for each, and a few of its own.
+    n = min(args.processes * args.per_process, resource.getrlimit(resource.RLIMIT_NOFILE)[1] - 64)
+    command = client_command(args, "floor", f"http://127.0.0.1:{port}/events", note, n)
     command += ["--server-cwd", str(floor.parent)]
     command += ["--server-cmd", f"{sys.executable} {floor} {port}"]
     for _ in range(3):
@@ -127,7 +129,8 @@ def run_servers(args: argparse.Namespace, server: str, note: str, base: int, wor
         wait_listening(base, nginx, "nginx", directory / "nginx-error.log")
         trigger = f"cd {ROOT} && {sys.executable} bench/trigger.py {{token}}"
         label = f"{server} x{args.processes}"
-        command = client_command(args, label, f"http://127.0.0.1:{base}/alarms/stream/", note)
+        url = f"http://127.0.0.1:{base}/alarms/stream/"
+        command = client_command(args, label, url, note, args.processes * args.per_process)
         for process in processes:
             command += ["--pid", str(process.pid)]
         for _ in range(3):
