@@ -89,9 +89,16 @@ DATABASES = {
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # WAL lets the stream's reads run beside the admin's writes; the timeout
-    # rides out the short write locks of a second process (send_alarm).
+    # rides out the short write locks of a second process (send_alarm). IMMEDIATE:
+    # a transaction takes the write lock at BEGIN, so one that reads, then writes
+    # (a withdrawal, a receipt) waits for a writer instead of failing with
+    # "database is locked" when another connection committed in between.
     DATABASES["default"].setdefault("OPTIONS", {}).update(
-        {"timeout": 20, "init_command": "PRAGMA journal_mode=WAL;"}
+        {
+            "timeout": 20,
+            "init_command": "PRAGMA journal_mode=WAL;",
+            "transaction_mode": "IMMEDIATE",
+        }
     )
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

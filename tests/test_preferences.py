@@ -420,6 +420,27 @@ def test_the_broker_never_sends_a_muted_alarm(run, django_user_model) -> None:
     run(test)
 
 
+def test_a_muted_alarm_that_ends_is_retracted_for_the_badge(run, django_user_model) -> None:
+    """A muted alarm is never toasted, but the page's badge counts it (it is unread
+    in the centre): its withdrawal must still reach the stream, or the badge keeps it."""
+    user = django_user_model.objects.create_user("muting")
+    Preferences.objects.create(user=user, mute_below="warning")
+    quiet = api.send_alarm(en("Quiet"), level="info", audience="authenticated")
+    request = stream_request(user)
+
+    async def test(broker: BaseBroker) -> None:
+        opened = await connect(broker, request, "en", None)
+        assert titles(events_of(opened.first)) == []
+        await sync_to_async(api.withdraw)(Alarm.objects.filter(pk=quiet.pk))
+        await sync_to_async(api.send_alarm)(en("Marker"), level="error", audience="everyone")
+        got = await read_until(opened.sub, lambda got: "Marker" in titles(got))
+        assert [(e.event, e.json()["id"]) for e in got if e.event == "retract"] == [
+            ("retract", quiet.pk)
+        ]
+
+    run(test)
+
+
 def test_a_prefs_row_ends_the_users_streams_and_they_reconnect_with_the_new_choice(
     run, django_user_model
 ) -> None:

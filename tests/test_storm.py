@@ -303,8 +303,9 @@ def test_two_simultaneous_sends_cannot_both_slip_under_the_limit() -> None:
     b_locking = threading.Event()
 
     def signal_the_lock(execute: Any, sql: str, *args: Any) -> Any:
-        # The statement storm.check() serialises senders with: the one B waits at.
-        if "pg_advisory_xact_lock" in sql or "WHERE 0 = 1" in sql:
+        # The statement storm.check() serialises senders with: the one B waits at;
+        # on SQLite with IMMEDIATE transactions (the settings'), B waits at BEGIN.
+        if "pg_advisory_xact_lock" in sql or "WHERE 0 = 1" in sql or sql == "BEGIN IMMEDIATE":
             b_locking.set()
         return execute(sql, *args)
 

@@ -41,13 +41,23 @@ def alarm_changed(
                     new.payload(viewer.language), event_id
                 )
             sub.push(chunk, alarm_id)
-        elif old is not None and old.announced and old.interrupts(viewer):
+        elif old is not None and old.announced and _lost(old, new, viewer, now):
             retract = retract or events.retract(old.id, event_id)
             sub.push(retract, alarm_id)
         else:
             continue
         queued += 1
     return queued
+
+
+def _lost(old: CachedAlarm, new: CachedAlarm | None, viewer: Viewer, now: datetime) -> bool:
+    """Whether a stream that ``old`` reached (toasted, or muted but counted by the
+    page's badge) must be told it is gone: it interrupted this viewer and ``new``
+    does not, or it was visible and ``new`` is not (withdrawn, expired, moved)."""
+    if old.interrupts(viewer):
+        return True
+    still = new is not None and new.live(now) and new.visible_to(viewer)
+    return old.visible_to(viewer) and not still
 
 
 def dismissed(
@@ -82,7 +92,8 @@ def switch_viewer(
         if not (alarm.announced and alarm.live(now)):
             continue
         was, now_visible = alarm.interrupts(old), alarm.interrupts(new)
-        if was and not now_visible:
+        # A muted alarm the page's badge counts goes too when it is no longer visible.
+        if (was and not now_visible) or (alarm.visible_to(old) and not alarm.visible_to(new)):
             sub.push(events.retract(alarm.id, event_id), alarm.id)
         elif now_visible and not was and alarm.id not in sub.dismissed:
             if alarm.id in seen and alarm.level != "critical":
