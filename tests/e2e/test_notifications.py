@@ -35,7 +35,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from alarms import api
+from alarms import api, preferences
 from alarms.models import Preferences
 from tests.e2e.browser import CHROMIUM, LEADING, require_chromium
 from tests.e2e.conftest import ROOT, free_port, wait_listening
@@ -392,7 +392,8 @@ def test_level_floor_critical_by_default_then_lowered(desktop, make_user):
     me.notified(top.pk)
     assert me.notifications(warning.pk) == [] and me.notifications(error.pk) == []
 
-    Preferences.objects.create(user=reader, desktop_from="warning")
+    # The page stored the browser's time zone already: the row exists.
+    Preferences.objects.update_or_create(user=reader, defaults={"desktop_from": "warning"})
     tab.reload()
     wait_for(lambda: tab.evaluate("window.alarms !== undefined"), LIVE, "client", page=tab)
     me.leader()
@@ -405,6 +406,16 @@ def test_level_floor_critical_by_default_then_lowered(desktop, make_user):
     assert note["title"] == "Certificate expires soon"
     assert note["requireInteraction"] is False
     assert me.notifications(info.pk) == []
+
+    # Raised on another device: the open page takes the new floor from the
+    # "prefs" event, with no reload (its language and zone are unchanged).
+    preferences.update(reader, desktop_from="error")
+    quiet = critical("Queue growing", level="warning")
+    loud = critical("Queue stalled", level="error")
+    me.received(tab, loud.pk)
+    me.notified(loud.pk)
+    assert me.notifications(quiet.pk) == []
+    assert tab.get_attribute("script[data-stream-url]", "data-desktop-from") == "warning"
 
 
 # -- the reader's language ---------------------------------------------------------------

@@ -267,6 +267,8 @@ class Client {
     if (!prefs || typeof prefs !== "object") {
       return;
     }
+    // A new desktop floor needs no reload: the notifier takes it now.
+    this.notifier.setFloor(prefs.desktop_from);
     const reload = !pageIsCurrent(this.config, prefs);
     const wanted = emit("alarms:preferences", { preferences: prefs, reload: reload }, true);
     if (reload && wanted && !this.leaving) {

@@ -49,8 +49,7 @@ function requestPermission() {
 
 export class Notifier {
   constructor(config, store, emit) {
-    const floor = LEVELS.indexOf(config.desktopFrom);
-    this.floor = floor === -1 ? LEVELS.indexOf("critical") : floor;
+    this.setFloor(config.desktopFrom);
     this.streamUrl = config.streamUrl;
     this.emit = emit;
     // Alarms a leader of this browser has decided on (raised, or not because
@@ -139,6 +138,14 @@ export class Notifier {
   // -- raising and closing ------------------------------------------------------
 
   // The leader got a new alarm from the stream, one the page would toast.
+  // The lowest level that raises a notification: the page's data-desktop-from,
+  // then each "prefs" event's desktop_from (a change on any device). Blank or
+  // unknown: critical.
+  setFloor(level) {
+    const floor = LEVELS.indexOf(level);
+    this.floor = floor === -1 ? LEVELS.indexOf("critical") : floor;
+  }
+
   consider(data) {
     if (this.decided.has(data.id)) {
       if (this.open.has(data.id)) {
