@@ -587,6 +587,22 @@ def test_a_link_for_an_ended_alarm_records_nothing() -> None:
     assert not AlarmReceipt.objects.exists()
 
 
+def test_a_link_to_an_alarm_no_longer_for_its_reader_shows_nothing_of_it() -> None:
+    ann = reader("ann")
+    alarm = critical(audience="selected")
+    alarm.users.add(ann)
+    url = link(ann, alarm)
+    assert b"Server restart" in Client().get(url).content
+    alarm.users.remove(ann)  # taken out of the audience since the email
+
+    response = Client().get(url)
+
+    assert response.status_code == 404
+    assert b"Server restart" not in response.content
+    assert Client().post(url, {"action": "seen"}).status_code == 404
+    assert not AlarmReceipt.objects.exists()
+
+
 def test_read_token_refuses_other_signed_values() -> None:
     with pytest.raises(signing.BadSignature):
         read_token(signing.dumps({"u": 1}, salt=SALT), timedelta(days=1))

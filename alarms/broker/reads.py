@@ -18,6 +18,7 @@ from django.utils.module_loading import import_string
 from alarms.broker.cache import CachedAlarm, Viewer
 from alarms.broker.sessions import Login, authenticate
 from alarms.preferences import FIELDS, muted_levels
+from alarms.translation import supported_language
 
 # A journal row as the broker reads it: id, alarm id, kind, user id, session digest.
 Row = tuple[int, int, str, int | None, str]
@@ -438,7 +439,10 @@ class Reads:
                 user_id=user.pk,
                 is_staff=bool(user.is_staff),
                 group_ids=groups[user.pk],
-                language=language if fixed or not stored_language else stored_language,
+                # A stored language the site no longer speaks falls back as a request's would.
+                language=language
+                if fixed or not stored_language
+                else supported_language(stored_language) or language,
                 muted=muted_levels(mute_below),
             )
             seen, dismissed = receipts.get(user.pk, ((), ()))

@@ -83,7 +83,13 @@ def _resolve(request: HttpRequest, token: str, max_age: timedelta) -> tuple[str,
     except signing.BadSignature:
         return "invalid", None, None
     user = get_user_model()._default_manager.filter(pk=user_id, is_active=True).first()
-    alarm = Alarm.objects.filter(pk=alarm_id).prefetch_related("translations").first()
+    # Only an alarm the reader may still see: a forwarded link, or one to a reader
+    # since taken out of the audience, shows no later edit of it.
+    alarm = (
+        Alarm.objects.visible_to(user).filter(pk=alarm_id).prefetch_related("translations").first()
+        if user is not None
+        else None
+    )
     if user is None or alarm is None:
         return "invalid", None, None
     if request.user.is_authenticated and request.user.pk != user.pk:

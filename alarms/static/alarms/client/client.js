@@ -466,7 +466,9 @@ class Client {
   api() {
     return {
       version: "1",
-      dismiss: (id) => this.dismissByUser(Number(id)),
+      // A test toast's id is a string ("test-..."): kept as it is.
+      dismiss: (id) =>
+        this.dismissByUser(typeof id === "string" && id.startsWith("test-") ? id : Number(id)),
       state: () => ({
         leader: this.leader,
         streaming: this.stream.streaming,
