@@ -7,16 +7,43 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from django.db import connection
+from asgiref.sync import sync_to_async
+from django.db import connection, connections
 from django.urls import reverse
 from prometheus_client.parser import text_string_to_metric_families
 
 from alarms.models import Alarm, AlarmReceipt, Audience, Level
 from tests.factories import TEXT
+
+if TYPE_CHECKING:
+    from alarms.broker.base import BaseBroker
+
+# -- a broker of the test's own --------------------------------------------------------
+
+
+async def with_broker(broker: BaseBroker, test: Callable[[Any], Coroutine[Any, Any, None]]) -> None:
+    """Run ``test(broker)`` with ``broker`` started as this process's broker; then
+    stop it, close the connections its threads opened and reset the module."""
+    import alarms.broker as broker_module
+
+    broker_module._broker = broker
+    try:
+        await broker.ensure_started()
+        await test(broker)
+    finally:
+        await broker.stop()
+        await sync_to_async(connections.close_all)()
+        broker_module.reset_broker()
+
+
+def run_broker(broker: BaseBroker, test: Callable[[Any], Coroutine[Any, Any, None]]) -> None:
+    """:func:`with_broker` on a fresh event loop."""
+    asyncio.run(with_broker(broker, test))
+
 
 # -- alarm text -------------------------------------------------------------------------
 

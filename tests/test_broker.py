@@ -29,7 +29,7 @@ from alarms.broker.reads import ConnectState
 from alarms.broker.subscribers import AddressFull, BrokerFull
 from alarms.models import Alarm
 from alarms.views.stream import stream as stream_view
-from tests.helpers import until
+from tests.helpers import run_broker, until, with_broker
 from tests.sse import parse
 
 
@@ -99,22 +99,11 @@ class BrokerContract:
         clock = request.getfixturevalue("clock") if "clock" in request.fixturenames else None
 
         def runner(test: Callable[[BaseBroker], Coroutine[Any, Any, None]]) -> None:
-            async def main() -> None:
-                broker = self.broker_class()
-                broker_module._broker = broker
-                try:
-                    await broker.ensure_started()
-                    await test(broker)
-                finally:
-                    await broker.stop()
-                    await sync_to_async(connections.close_all)()
-                    broker_module.reset_broker()
-
             if clock is None:
-                asyncio.run(main())
+                run_broker(self.broker_class(), test)
             else:
                 with asyncio.Runner(loop_factory=clock.new_loop) as runner:
-                    runner.run(main())
+                    runner.run(with_broker(self.broker_class(), test))
 
         with override_settings(ALARMS=self.settings):
             yield runner

@@ -13,13 +13,13 @@ import asyncio
 import queue
 import threading
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
 import pytest
 from asgiref.sync import sync_to_async
 from django.contrib.sessions.backends.db import SessionStore
-from django.db import connection, connections, transaction
+from django.db import connection, transaction
 from django.test import RequestFactory, override_settings
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -34,7 +34,7 @@ from alarms.broker.reads import BATCH, ConnectState, JournalCursor, Read, Snapsh
 from alarms.broker.subscribers import Subscriber
 from alarms.models import AlarmChange
 from alarms.views.stream import stream as stream_view
-from tests.helpers import en, until, wait_for
+from tests.helpers import en, run_broker, until, wait_for
 from tests.sse import parse
 
 # -- the cursor against a model of PostgreSQL ----------------------------------------
@@ -289,22 +289,6 @@ def ends_held() -> Iterator[None]:
 
 def journal_ids(alarm_id: int) -> list[int]:
     return list(AlarmChange.objects.filter(alarm_id=alarm_id).values_list("id", flat=True))
-
-
-def run_broker(broker: BaseBroker, test: Callable[[Any], Coroutine[Any, Any, None]]) -> None:
-    """Run ``test(broker)`` with ``broker`` started, on a fresh event loop."""
-
-    async def main() -> None:
-        broker_module._broker = broker
-        try:
-            await broker.ensure_started()
-            await test(broker)
-        finally:
-            await broker.stop()
-            await sync_to_async(connections.close_all)()
-            broker_module.reset_broker()
-
-    asyncio.run(main())
 
 
 @pytest.fixture

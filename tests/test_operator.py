@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import Callable, Coroutine, Iterator
@@ -18,7 +17,6 @@ from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-import alarms.broker as broker_module
 from alarms import api, journal, reach, signals
 from alarms.broker.base import BaseBroker
 from alarms.broker.cache import Viewer
@@ -27,7 +25,7 @@ from alarms.broker.memory import MemoryBroker
 from alarms.broker.postgres import PostgresBroker
 from alarms.broker.reads import ConnectState
 from alarms.models import Alarm, AlarmChange, AlarmPresence
-from tests.helpers import LIST_URL, en, form_data, until
+from tests.helpers import LIST_URL, en, form_data, run_broker, until
 from tests.sse import parse
 
 TEST_URL = "/admin/alarms/alarm/operator/test/"
@@ -136,18 +134,7 @@ class OperatorBrokerContract:
     @pytest.fixture
     def run(self, transactional_db: None) -> Iterator[Callable[..., Any]]:
         def runner(test: Callable[[BaseBroker], Coroutine[Any, Any, None]]) -> None:
-            async def main() -> None:
-                broker = self.broker_class()
-                broker_module._broker = broker
-                try:
-                    await broker.ensure_started()
-                    await test(broker)
-                finally:
-                    await broker.stop()
-                    await sync_to_async(connections.close_all)()
-                    broker_module.reset_broker()
-
-            asyncio.run(main())
+            run_broker(self.broker_class(), test)
 
         with override_settings(ALARMS=self.settings):
             yield runner

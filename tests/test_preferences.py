@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable, Coroutine, Iterator
 from datetime import UTC, datetime
@@ -10,7 +9,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.sessions.backends.db import SessionStore
-from django.db import connection, connections
+from django.db import connection
 from django.http import HttpRequest
 from django.test import Client, RequestFactory, override_settings
 from django.test.utils import CaptureQueriesContext
@@ -18,7 +17,6 @@ from django.urls import reverse
 from django.utils import timezone, translation
 from django.utils.module_loading import import_string
 
-import alarms.broker as broker_module
 from alarms import api, preferences
 from alarms.broker.base import BaseBroker
 from alarms.broker.cache import Viewer
@@ -30,7 +28,7 @@ from alarms.broker.sessions import Login
 from alarms.forms import PreferencesForm
 from alarms.models import Alarm, AlarmChange, Preferences
 from alarms.views.stream import requested_language
-from tests.helpers import en, until
+from tests.helpers import en, run_broker, until
 from tests.sse import Event, parse
 from tests.test_broker import en_ko
 
@@ -317,18 +315,7 @@ def run(request: pytest.FixtureRequest, transactional_db: None) -> Iterator[Call
     config = {"BROKER": path, "POLL_INTERVAL": 60, "SHUTDOWN_GRACE": 0}
 
     def runner(test: Callable[[BaseBroker], Coroutine[Any, Any, None]]) -> None:
-        async def main() -> None:
-            broker = import_string(path)()
-            broker_module._broker = broker
-            try:
-                await broker.ensure_started()
-                await test(broker)
-            finally:
-                await broker.stop()
-                await sync_to_async(connections.close_all)()
-                broker_module.reset_broker()
-
-        asyncio.run(main())
+        run_broker(import_string(path)(), test)
 
     with override_settings(ALARMS=config):
         yield runner
