@@ -85,6 +85,31 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
     messages.extend(cors_origin_errors(config["CORS_ALLOWED_ORIGINS"]))
     messages.extend(base_template_errors(config["BASE_TEMPLATE"]))
     messages.extend(escalate_errors(config["ESCALATE"]))
+    messages.extend(sqlite_transaction_warnings(settings.DATABASES))
+    return messages
+
+
+def sqlite_transaction_warnings(databases: dict[str, Any]) -> list[Warning]:
+    """alarms.W005: a SQLite database whose transactions start DEFERRED. One that
+    reads, then writes (a withdrawal, a receipt) fails at once with "database is
+    locked" when another connection commits in between (the broker's presence
+    rows, a second process): WAL cannot upgrade a stale read, and the busy
+    timeout does not apply. IMMEDIATE takes the write lock at BEGIN and waits."""
+    messages: list[Warning] = []
+    for alias, database in databases.items():
+        if database.get("ENGINE") != "django.db.backends.sqlite3":
+            continue
+        mode = str((database.get("OPTIONS") or {}).get("transaction_mode") or "").upper()
+        if mode not in ("IMMEDIATE", "EXCLUSIVE"):
+            messages.append(
+                Warning(
+                    f"DATABASES[{alias!r}] is SQLite with {mode or 'DEFERRED'} transactions: "
+                    "a write that follows a read can fail with 'database is locked'.",
+                    hint='Set DATABASES[...]["OPTIONS"]["transaction_mode"] = "IMMEDIATE" '
+                    "(and a timeout); see the README.",
+                    id="alarms.W005",
+                )
+            )
     return messages
 
 

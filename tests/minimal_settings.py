@@ -53,6 +53,9 @@ TEMPLATES = [
 ]
 
 DATABASES = {"default": environ.Env().db("DATABASE_URL")}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # As the README asks of a project on SQLite (alarms.W005).
+    DATABASES["default"]["OPTIONS"] = {"transaction_mode": "IMMEDIATE", "timeout": 20}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # startproject writes "en-us", which is not in Django's LANGUAGES ("en" is):

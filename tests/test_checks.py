@@ -7,7 +7,7 @@ from django.core.checks import run_checks
 from django.db import connection
 from django.test import override_settings
 
-from alarms.checks import check_settings
+from alarms.checks import check_settings, sqlite_transaction_warnings
 
 
 def ids() -> list[str]:
@@ -120,3 +120,20 @@ def test_e007_looks_where_the_centre_renders(tmp_path: Any) -> None:
     ]
     with override_settings(TEMPLATES=engines, ALARMS={"BASE_TEMPLATE": "layout.html"}):
         assert ids() == ["alarms.E007"]
+
+
+def test_w005_sqlite_without_immediate_transactions() -> None:
+    sqlite = "django.db.backends.sqlite3"
+    found = sqlite_transaction_warnings(
+        {
+            "default": {"ENGINE": sqlite, "OPTIONS": {"timeout": 20}},
+            "immediate": {"ENGINE": sqlite, "OPTIONS": {"transaction_mode": "IMMEDIATE"}},
+            "pg": {"ENGINE": "django.db.backends.postgresql", "OPTIONS": {}},
+            "bare": {"ENGINE": sqlite},
+        }
+    )
+    assert [(m.id, m.msg.split("]")[0]) for m in found] == [
+        ("alarms.W005", "DATABASES['default'"),
+        ("alarms.W005", "DATABASES['bare'"),
+    ]
+    assert "DEFERRED transactions" in found[0].msg
