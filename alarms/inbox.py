@@ -59,7 +59,11 @@ def reader_language(request: HttpRequest, user: Any, lang: str | None = None) ->
     ``Accept-Language``, as the locale middleware chose), then ``LANGUAGE_CODE``.
     A language the site does not speak is passed over, never an error.
     """
-    for candidate in (lang, preferences.stored_language(user), translation.get_language()):
+    # The request's own user: the preferences the middleware read already.
+    mine = getattr(request, "user", None) is not None and request.user.pk == user.pk
+    prefs = preferences.for_request(request) if mine else preferences.for_user(user)
+    stored = prefs.language if prefs is not None else None
+    for candidate in (lang, stored, translation.get_language()):
         found = supported_language(candidate)
         if found:
             return found
