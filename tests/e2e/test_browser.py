@@ -113,6 +113,7 @@ def test_admin_alarm_reaches_three_users_in_their_languages(
         assert item.get_attribute("aria-live") == "polite"
 
 
+@pytest.mark.client
 def test_alarm_text_is_never_markup(server, contexts):
     dialogs: list[str] = []
     user = contexts(server)
@@ -149,6 +150,7 @@ def test_alarm_text_is_never_markup(server, contexts):
     assert dialogs == []
 
 
+@pytest.mark.client
 def test_arabic_toast_reads_right_to_left(server, contexts, session_cookie, make_user):
     user = signed_in(contexts, server, session_cookie, make_user("layla"), language="ar")
     page = user.page("/")
@@ -189,6 +191,7 @@ def test_anonymous_visitor_sees_only_public_alarms(server, contexts):
 # -- one stream per browser ---------------------------------------------------
 
 
+@pytest.mark.client
 def test_eight_tabs_share_one_stream(metered, contexts, session_cookie, make_user):
     server = metered
     user = signed_in(contexts, server, session_cookie, make_user("tabby"))
@@ -244,6 +247,7 @@ def user_model(username: str) -> Any:
     return get_user_model().objects.get(username=username)
 
 
+@pytest.mark.client
 def test_lease_fallback_without_web_locks(metered, contexts, session_cookie, make_user):
     server = metered
     # Browsers without the Web Locks API elect a leader through localStorage.
@@ -319,6 +323,7 @@ def test_dismiss_closes_everywhere_and_stays_dismissed(server, contexts, session
         assert toast(page, alarm.pk).count() == 0
 
 
+@pytest.mark.client
 def test_escape_dismisses_the_focused_toast(server, contexts, session_cookie, make_user):
     reader = make_user("kbd")
     page = signed_in(contexts, server, session_cookie, reader).page("/")
@@ -379,6 +384,7 @@ document.addEventListener("alarms:received", (e) => window.received.push(e.detai
 """
 
 
+@pytest.mark.client
 def test_anonymous_receipts_live_in_local_storage(server, contexts):
     visitor = contexts(server, init_script=RECORD_RECEIVED)
     page = visitor.page("/")
@@ -416,6 +422,7 @@ def test_retract_removes_the_toast(server, contexts, session_cookie, make_user):
 HIDE_MS = 4000
 
 
+@pytest.mark.client
 def test_info_hides_itself_unless_hovered(server, contexts, session_cookie, make_user):
     page = signed_in(contexts, server, session_cookie, make_user("ines")).context.new_page()
     # Long enough that the pointer reaches the toast before it hides, even on a
@@ -441,6 +448,7 @@ def test_info_hides_itself_unless_hovered(server, contexts, session_cookie, make
     assert "alarms-toast--auto" not in (toast(page, warning.pk).get_attribute("class") or "")
 
 
+@pytest.mark.client
 def test_at_most_three_visible_with_more_button(server, contexts, session_cookie, make_user):
     page = signed_in(contexts, server, session_cookie, make_user("max")).page("/")
     wait_ready(page, leader=True)
@@ -493,6 +501,7 @@ def test_badge_counts_unread_live(server, contexts, session_cookie, make_user):
     )
 
 
+@pytest.mark.client
 def test_received_event_can_be_cancelled(server, contexts):
     page = contexts(server).page("/")
     wait_ready(page, leader=True)
@@ -512,6 +521,7 @@ def test_received_event_can_be_cancelled(server, contexts):
 # -- resilience -----------------------------------------------------------------
 
 
+@pytest.mark.client
 def test_receipts_the_server_keeps_failing_are_warned_once_then_given_up(
     server, contexts, session_cookie, make_user
 ):
@@ -552,6 +562,7 @@ def test_server_restart_loses_no_alarm(server, contexts, session_cookie, make_us
     assert page.locator(".alarms-toast").count() == 2
 
 
+@pytest.mark.client
 def test_reconnects_after_bad_gateway_with_backoff(server, contexts, session_cookie, make_user):
     page = signed_in(contexts, server, session_cookie, make_user("gale")).context.new_page()
     attempts: list[float] = []
@@ -629,6 +640,7 @@ def test_the_modules_load_by_their_hashed_names_after_collectstatic(
 # -- language -----------------------------------------------------------------
 
 
+@pytest.mark.client
 def test_language_switch_reopens_the_one_stream(metered, contexts, session_cookie, make_user):
     server = metered
     user = signed_in(contexts, server, session_cookie, make_user("lin"))
@@ -663,6 +675,7 @@ def test_language_switch_reopens_the_one_stream(metered, contexts, session_cooki
 # -- screenshots --------------------------------------------------------------
 
 
+@pytest.mark.client
 @pytest.mark.parametrize(
     ("name", "language", "scheme"),
     [

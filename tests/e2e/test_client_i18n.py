@@ -55,6 +55,7 @@ def shows(page: Any, alarm: Alarm, texts: dict[str, dict[str, str]], language: s
 # -- a language switch -----------------------------------------------------------
 
 
+@pytest.mark.client
 @pytest.mark.e2e
 @pytest.mark.browser
 @pytest.mark.parametrize("switcher", ["leader", "follower"])
@@ -100,6 +101,7 @@ def test_language_switch_redraws_every_toast_in_every_tab(
     assert current.evaluate("window.alarms.state().language") == "ar"
 
 
+@pytest.mark.client
 @pytest.mark.e2e
 @pytest.mark.browser
 def test_a_reload_in_the_same_language_does_not_bring_seen_toasts_back(
@@ -123,6 +125,7 @@ def test_a_reload_in_the_same_language_does_not_bring_seen_toasts_back(
 # -- plural forms ------------------------------------------------------------------
 
 
+@pytest.mark.client
 @pytest.mark.e2e
 @pytest.mark.browser
 def test_more_button_follows_arabic_plural_rules(

@@ -41,7 +41,7 @@ from tests.e2e.browser import CHROMIUM, LEADING, require_chromium
 from tests.e2e.conftest import ROOT, free_port, wait_listening
 from tests.helpers import receipt, wait_for
 
-pytestmark = [pytest.mark.e2e, pytest.mark.browser]
+pytestmark = [pytest.mark.e2e, pytest.mark.browser, pytest.mark.client]
 
 SCREENSHOTS = ROOT / "docs" / "screenshots"
 ARTIFACTS = ROOT / "test-artifacts" / "screenshots"
