@@ -44,9 +44,9 @@ from django.utils import timezone, translation
 from alarms import signals
 from alarms.conf import escalate_config
 from alarms.models import Alarm, AlarmEscalation, AlarmReceipt, Level, Preferences
-from alarms.preferences import LEVEL_ORDER, for_user, is_muted
+from alarms.preferences import LEVEL_ORDER, chosen_language, for_user, is_muted
 from alarms.querysets import AlarmQuerySet, audience_users
-from alarms.translation import default_language, direction, supported_language
+from alarms.translation import default_language, direction
 from alarms.validators import is_safe_link
 
 __all__ = [
@@ -159,7 +159,7 @@ def user_language(user: Any) -> str:
 
 
 def language_of(prefs: Preferences | None) -> str:
-    return supported_language(prefs.language if prefs else None) or default_language()
+    return chosen_language(prefs) or default_language()
 
 
 def zone_of(prefs: Preferences | None) -> tzinfo:

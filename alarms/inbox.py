@@ -55,15 +55,14 @@ def reader_language(request: HttpRequest, user: Any, lang: str | None = None) ->
     """The language a reader is shown alarm texts in.
 
     ``lang`` (``?lang=``) when the site speaks it, then the user's stored language
-    (``preferences.stored_language``), then the request's (the language cookie or
+    (``preferences.chosen_language``), then the request's (the language cookie or
     ``Accept-Language``, as the locale middleware chose), then ``LANGUAGE_CODE``.
     A language the site does not speak is passed over, never an error.
     """
     # The request's own user: the preferences the middleware read already.
     mine = getattr(request, "user", None) is not None and request.user.pk == user.pk
     prefs = preferences.for_request(request) if mine else preferences.for_user(user)
-    stored = prefs.language if prefs is not None else None
-    for candidate in (lang, stored, translation.get_language()):
+    for candidate in (lang, preferences.chosen_language(prefs), translation.get_language()):
         found = supported_language(candidate)
         if found:
             return found

@@ -20,12 +20,12 @@ from alarms.models import Level, Preferences
 __all__ = [
     "FIELDS",
     "LEVEL_ORDER",
+    "chosen_language",
     "for_request",
     "for_user",
     "is_muted",
     "muted_levels",
     "store",
-    "stored_language",
     "update",
     "valid_time_zone",
     "zone_names",
@@ -60,10 +60,13 @@ def for_request(request: Any) -> Preferences | None:
     return found
 
 
-def stored_language(user: Any) -> str | None:
-    """The language the user chose, or None to follow the browser."""
-    prefs = for_user(user)
-    return (prefs.language or None) if prefs is not None else None
+def chosen_language(prefs: Preferences | None) -> str | None:
+    """The language these preferences chose, as a code of ``LANGUAGES`` (a stored
+    one the site no longer speaks falls back as a request's would); None to
+    follow the browser. The one rule the centre, the feed and the emails share."""
+    from alarms.translation import supported_language
+
+    return supported_language(prefs.language) if prefs is not None and prefs.language else None
 
 
 def is_muted(level: str, mute_below: str) -> bool:
