@@ -250,8 +250,10 @@ def test_two_processes_and_a_restart_send_each_email_exactly_once(
     assert {(r.alarm_id, r.user_id) for r in rows if r.sent_at is not None} == expected
     # The held email was taken over from the dead process, by another.
     taken_over = rows.get(alarm_id=alarm_id, user_id=user_id)
+    # Two processes took part: the held email's sender died and another took it
+    # over. Which of them sent the others is timing's choice, so nothing more is
+    # asserted of the claimers (one process may send every other email).
     assert taken_over.attempts >= 2 and taken_over.claimed_by != holder
-    assert len({r.claimed_by for r in rows}) >= 2
 
     # The reader's language, and the link clicked with a real HTTP client.
     korean = next(
