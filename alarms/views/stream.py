@@ -7,7 +7,8 @@ import logging
 import random
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
 
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, StreamingHttpResponse
 from django.utils import translation
@@ -88,7 +89,7 @@ async def stream(request: HttpRequest) -> HttpResponseBase:
     # GZipMiddleware reads Accept-Encoding after the view: without it there, it
     # leaves the stream alone (a compressor buffers, and events would stall).
     request.META.pop("HTTP_ACCEPT_ENCODING", None)
-    response = StreamingHttpResponse(
+    response = EventStreamResponse(
         _events(broker, sub, request, first), content_type="text/event-stream; charset=utf-8"
     )
     response["Cache-Control"] = "no-cache, no-store, must-revalidate, private"
@@ -96,6 +97,27 @@ async def stream(request: HttpRequest) -> HttpResponseBase:
     response["Content-Language"] = state.viewer.language
     response["Vary"] = "Cookie, Accept-Language"
     return response
+
+
+class EventStreamResponse(StreamingHttpResponse):
+    """A streaming response that closes the view's generator when the server stops.
+
+    Django's ``StreamingHttpResponse`` wraps the generator twice and its handler
+    closes only the outer wrapper; the view's own generator, whose ``finally``
+    frees the stream's broker slot, is left to the garbage collector. When an
+    exception's traceback holds it in a cycle (a send that stalled, a dropped
+    socket), that can take minutes, and the slot, the per-address count and the
+    ``alarms_streams_open`` gauge stay taken meanwhile.
+    """
+
+    def __init__(self, events: AsyncGenerator[bytes, None], **kwargs: object) -> None:
+        super().__init__(events, **kwargs)
+        self._events = events
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async with aclosing(self._events):
+            async for part in super().__aiter__():
+                yield part
 
 
 def _refuse(status: int, text: str) -> HttpResponse:
@@ -141,7 +163,7 @@ def requested_language(request: HttpRequest) -> tuple[str, bool]:
 
 async def _events(
     broker: BaseBroker, sub: Subscriber, request: HttpRequest, first: list[bytes]
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     config = broker.config
     heartbeat = float(config["HEARTBEAT"])
     # Jitter spreads the reconnects of streams that opened together.

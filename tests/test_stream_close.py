@@ -1,0 +1,117 @@
+"""A stream the server stops sending frees its broker slot at once, not at the next
+garbage collection.
+
+In-process, through the same ASGI stack a server runs (``flow_control`` around
+``direct_streams`` or Django's own handler), with the collector off: what frees
+the slot must be the response closing the view's generator, not the collector
+finding it in a cycle later (which, in a quiet server, can take minutes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+import pytest
+from django.core.asgi import get_asgi_application
+from django.test import override_settings
+
+from alarms.asgi import direct_streams, flow_control
+from alarms.broker import broker_path
+from alarms.broker.base import BaseBroker
+from alarms.broker.memory import MemoryBroker
+from alarms.broker.postgres import PostgresBroker
+from tests.helpers import run_broker
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+SCOPE: dict[str, Any] = {
+    "type": "http",
+    "asgi": {"version": "3.0"},
+    "http_version": "1.1",
+    "method": "GET",
+    "scheme": "http",
+    "path": "/alarms/stream/",
+    "raw_path": b"/alarms/stream/",
+    "root_path": "",
+    "query_string": b"",
+    "headers": [(b"host", b"testserver"), (b"accept", b"text/event-stream")],
+    "client": ("127.0.0.1", 40000),
+    "server": ("testserver", 80),
+}
+
+
+@pytest.fixture(autouse=True)
+def collector_off() -> Iterator[None]:
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+def new_broker() -> BaseBroker:
+    return PostgresBroker() if broker_path().endswith("PostgresBroker") else MemoryBroker()
+
+
+def client_that_stays() -> Callable[[], Awaitable[dict[str, Any]]]:
+    """An ASGI ``receive``: a GET's empty body, then nothing (no disconnect)."""
+    messages = [{"type": "http.request", "body": b"", "more_body": False}]
+
+    async def receive() -> dict[str, Any]:
+        if messages:
+            return messages.pop()
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    return receive
+
+
+APPLICATIONS = {
+    "direct": lambda: flow_control(direct_streams(get_asgi_application())),
+    "django": lambda: flow_control(get_asgi_application()),
+}
+
+
+@pytest.mark.parametrize("path", APPLICATIONS)
+@override_settings(ALARMS={"SLOW_CLIENT_TIMEOUT": 0.2, "SHUTDOWN_GRACE": 0})
+def test_a_stalled_stream_frees_its_slot_when_it_is_dropped(path: str) -> None:
+    application = APPLICATIONS[path]()
+
+    async def test(broker: BaseBroker) -> None:
+        receive = client_that_stays()
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.body":
+                assert len(broker.subscribers) == 1
+                await asyncio.Event().wait()  # a socket that never drains
+
+        # flow_control ends the stream after SLOW_CLIENT_TIMEOUT, as a server's
+        # send that waits on a full socket would make it.
+        await asyncio.wait_for(application(dict(SCOPE), receive, send), 30)
+        assert len(broker.subscribers) == 0
+
+    run_broker(new_broker(), test)
+
+
+@pytest.mark.parametrize("path", APPLICATIONS)
+@override_settings(ALARMS={"SHUTDOWN_GRACE": 0})
+def test_a_stream_whose_send_fails_frees_its_slot(path: str) -> None:
+    application = APPLICATIONS[path]()
+
+    async def test(broker: BaseBroker) -> None:
+        receive = client_that_stays()
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.body":
+                # A server whose socket went away under it.
+                raise OSError("connection reset")
+
+        with pytest.raises(OSError):
+            await asyncio.wait_for(application(dict(SCOPE), receive, send), 30)
+        assert len(broker.subscribers) == 0
+
+    run_broker(new_broker(), test)
