@@ -295,8 +295,12 @@ CONCURRENCY = 32
 # batches in ten gain 0.1 to 1.5 MiB, the rest nothing (measured on this code
 # and the code before it alike). A least-squares slope over six batches read
 # 52 to 701 KiB per 1,000 cycles on the same code from those steps alone; the
-# median of the batches' growth leaves them out and still sees any leak.
-GROWTH_LIMIT_KIB = 256  # per 1,000 cycles
+# median of the batches' growth leaves them out and still sees any leak. Between
+# the steps RSS still creeps: the median read 47 to 127 KiB per 1,000 cycles here,
+# and 267 on a busy CI machine. The limit is twice that: a leak of half a KiB a
+# cycle (a request, a session, a stream's queue) still fails it; finer ones are
+# for the soak benchmark (bench/soak.py), over hours rather than seconds.
+GROWTH_LIMIT_KIB = 512  # per 1,000 cycles
 
 
 def client_addresses() -> list[str]:
