@@ -43,7 +43,7 @@ from tests.e2e.monitoring import require
 from tests.helpers import wait_for
 from tests.sse import Event, Stream
 
-pytestmark = [pytest.mark.e2e, pytest.mark.monitoring]
+pytestmark = [pytest.mark.e2e, pytest.mark.monitoring, pytest.mark.one_django]
 
 TRIES = int(os.environ.get("ALARMS_ALERTMANAGER_TRIES", "3"))
 BOTH = (TokenScope.PUBLISH, TokenScope.WITHDRAW)

@@ -20,7 +20,7 @@ from tests.e2e.conftest import ASGI_SERVERS, metric, open_stream
 from tests.helpers import en, rss_kib, wait_for
 from tests.sse import EventSource, Stream
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.one_django]
 
 ALARMS = 10
 ROUNDS = 80

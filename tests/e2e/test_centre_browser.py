@@ -12,7 +12,7 @@ from tests.e2e import browser as fixtures
 from tests.e2e.browser import signed_in, wait_ready
 from tests.factories import ago, make_alarm
 
-pytestmark = [pytest.mark.e2e, pytest.mark.browser]
+pytestmark = [pytest.mark.e2e, pytest.mark.browser, pytest.mark.one_django]
 
 browser = fixtures.browser
 contexts = fixtures.contexts

@@ -26,7 +26,7 @@ from tests.e2e.browser import toast, wait_ready
 from tests.e2e.conftest import metric
 from tests.helpers import receipt, wait_for
 
-pytestmark = [pytest.mark.e2e, pytest.mark.browser]
+pytestmark = [pytest.mark.e2e, pytest.mark.browser, pytest.mark.one_django]
 
 # The Playwright fixtures, made visible to the tests of this module.
 browser = fixtures.browser

@@ -47,7 +47,7 @@ from tests.e2e.conftest import (
 from tests.factories import ago, make_alarm, make_user
 from tests.helpers import en
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.one_django]
 
 LANGUAGES = ("en", "ko", "ja", "ar")
 MESSAGE_ID = re.compile(r"<alarm-(\d+)\.user-(\d+)\.escalation@")

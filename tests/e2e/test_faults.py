@@ -36,6 +36,8 @@ from tests.e2e.conftest import Server
 from tests.helpers import en, rss_kib, thread_count, wait_for
 from tests.sse import EventSource, Stream
 
+pytestmark = pytest.mark.one_django
+
 TOKEN = "fault-t0ken"
 
 

@@ -31,7 +31,7 @@ from tests.e2e.conftest import (
 )
 from tests.helpers import SCRIPT_TITLE, en, hostile_message
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.one_django]
 
 LANGUAGES = {"en", "ko", "ja", "ar"}
 # What a server-side failure leaves in daphne's output: a traceback, Django's

@@ -39,7 +39,7 @@ from tests.e2e.conftest import (
 from tests.helpers import en, wait_for
 from tests.sse import Event, Parser, Stream
 
-pytestmark = [pytest.mark.e2e, pytest.mark.nginx]
+pytestmark = [pytest.mark.e2e, pytest.mark.nginx, pytest.mark.one_django]
 
 NGINX = Path("/usr/sbin/nginx")
 SITE = ROOT / "docs" / "nginx.conf"

@@ -24,6 +24,8 @@ from tests.e2e.browser import signed_in, toast, wait_ready
 from tests.e2e.conftest import ROOT
 from tests.helpers import receipt, wait_for
 
+pytestmark = pytest.mark.one_django
+
 browser = fixtures.browser
 contexts = fixtures.contexts
 

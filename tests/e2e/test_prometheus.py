@@ -30,7 +30,7 @@ from tests.e2e.monitoring import (
 )
 from tests.sse import Stream
 
-pytestmark = [pytest.mark.monitoring]
+pytestmark = [pytest.mark.monitoring, pytest.mark.one_django]
 
 TOKEN = "prom-t0ken"
 CAP = 3  # MAX_STREAMS of the first server, so that it can be filled

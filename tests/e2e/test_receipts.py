@@ -15,7 +15,7 @@ from alarms.models import AlarmReceipt
 from tests.e2e.conftest import Server, csrf_cookie, http_request, open_stream
 from tests.helpers import en
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.one_django]
 
 
 class Page:

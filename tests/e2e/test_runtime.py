@@ -15,6 +15,8 @@ import pytest
 from tests.e2e.conftest import Server
 from tests.helpers import thread_count
 
+pytestmark = pytest.mark.one_django
+
 #: Streams held open at once. Without the hook each holds an idle OS thread.
 STREAMS = 1000
 
