@@ -100,6 +100,21 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
             "transaction_mode": "IMMEDIATE",
         }
     )
+elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # Under ASGI each request runs its synchronous code (middleware, a view such as
+    # the receipts' POST) on a thread made for it, so without a pool every request
+    # opens a new PostgreSQL connection, a new server process included. The pool
+    # keeps them; its size also caps the requests in a database at once (others
+    # wait up to the timeout, then fail with 500), which a dismissal storm needs.
+    # The brokers' own threads hold a connection each from it for their lifetime.
+    DATABASES["default"].setdefault("OPTIONS", {}).setdefault(
+        "pool",
+        {
+            "min_size": env.int("DATABASE_POOL_MIN_SIZE", 4),
+            "max_size": env.int("DATABASE_POOL_MAX_SIZE", 12),
+            "timeout": env.float("DATABASE_POOL_TIMEOUT", 20.0),
+        },
+    )
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # ---------------------------------------------------------------------------

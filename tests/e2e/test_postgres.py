@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import json
+import secrets
 import threading
 
 import pytest
 from django.db import connection, transaction
 
 from alarms import api
-from alarms.models import AlarmChange
-from tests.e2e.conftest import before_marker, metric, open_stream
+from alarms.models import AlarmChange, AlarmReceipt
+from tests.e2e.conftest import before_marker, http_request, metric, open_stream
 from tests.helpers import en, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
+
+REQUESTS = 40
 
 
 def test_cursor_survives_out_of_order_commits(server_factory, make_user, session_cookie, settings):
@@ -118,3 +122,42 @@ def test_no_database_reads_while_idle(server_factory, make_user, session_cookie)
     finally:
         for s in streams:
             s.close()
+
+
+def sessions_opened() -> int:
+    """Connections PostgreSQL has let into the test database since its statistics began."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_stat_clear_snapshot()")
+        cursor.execute("SELECT sessions FROM pg_stat_database WHERE datname = current_database()")
+        return cursor.fetchone()[0]
+
+
+def test_requests_reuse_the_pools_connections(server_factory, make_user, session_cookie, settings):
+    """Each ASGI request runs on a thread of its own: without the project's pool,
+    every dismissal would open a PostgreSQL connection (a server process) of its own."""
+    settings.ALARMS = {**settings.ALARMS, "STORM_LIMIT": None}
+    server = server_factory()
+    cookie = session_cookie(make_user("pooled"))
+    alarms = [api.send_alarm(en(f"Pooled {i}"), audience="everyone") for i in range(REQUESTS)]
+    token = secrets.token_hex(16)  # a CSRF secret of our own: cookie and header agree
+    headers = {
+        "Cookie": f"{cookie[0]}={cookie[1]}; csrftoken={token}",
+        "X-CSRFToken": token,
+        "Content-Type": "application/json",
+    }
+    with open_stream(server, cookie) as stream:
+        stream.opening()  # the broker's threads hold their connections by now
+        before = sessions_opened()
+        for alarm in alarms:
+            status, _, body = http_request(
+                server.port,
+                "POST",
+                "/alarms/dismiss/",
+                headers,
+                json.dumps({"ids": [alarm.pk]}).encode(),
+            )
+            assert (status, json.loads(body)) == (200, {"updated": 1})
+        opened = sessions_opened() - before
+    assert AlarmReceipt.objects.filter(dismissed_at__isnull=False).count() == REQUESTS
+    # The pool's connections (at most its max_size, 12), not one a request.
+    assert opened <= 12, f"{opened} connections for {REQUESTS} requests"
