@@ -33,6 +33,15 @@ Django, and the process logs once which middleware kept it there:
 
     application = flow_control(direct_streams(app, skip=["myproject.middleware.Timing"]))
 
+The receipts' ``POST /alarms/seen/`` and ``POST /alarms/dismiss/`` get a path of
+their own here, since a dismissal storm sends thousands a second: Django's
+whole middleware chain, whatever it holds, run as a WSGI server runs it, in
+one worker thread, where Django's ASGI handler hops to a thread and back for
+each hook of each ``MiddlewareMixin`` middleware (16 hops a dismissal with the
+demo's chain: 13.5 ms of CPU against 9, ``docs/performance.md``). The signals
+run as under any handler. At most ``RECEIPT_THREADS`` receipts a process run
+at once; the rest wait their turn without holding a database connection.
+
 The ``request_started``/``request_finished`` signals do not run for a stream on
 this path (the stream writes nothing through the ORM on its request). Anything
 else falls through to Django too: other paths and methods, a mount under
@@ -46,7 +55,9 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import tempfile
 from collections.abc import AsyncGenerator, Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing, suppress
 from typing import Any, cast
 
@@ -54,7 +65,9 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.conf.urls.i18n import is_language_prefix_patterns_used
 from django.contrib.sessions.middleware import SessionMiddleware
-from django.core.handlers.asgi import ASGIRequest
+from django.core import signals
+from django.core.handlers.asgi import ASGIHandler, ASGIRequest
+from django.core.handlers.base import BaseHandler
 from django.core.handlers.exception import response_for_exception
 from django.http import (
     HttpRequest,
@@ -64,7 +77,7 @@ from django.http import (
     StreamingHttpResponse,
 )
 from django.middleware.security import SecurityMiddleware
-from django.urls import NoReverseMatch, resolve, reverse
+from django.urls import NoReverseMatch, resolve, reverse, set_script_prefix
 from django.utils import translation
 from django.utils.log import log_response
 from django.utils.module_loading import import_string
@@ -78,6 +91,12 @@ Scope = dict[str, Any]
 
 SESSION_MIDDLEWARE = "django.contrib.sessions.middleware.SessionMiddleware"
 SECURITY_MIDDLEWARE = "django.middleware.security.SecurityMiddleware"
+
+#: Receipts a process runs at once on their path (each holds a database
+#: connection while it runs); the demo's pool has 12 a process.
+RECEIPT_THREADS = 4
+#: The URL names of the views the receipts' path serves, all synchronous.
+RECEIPT_VIEWS = ("alarms:seen", "alarms:dismiss")
 
 #: Middleware whose effect on a ``GET`` of the stream this path reproduces
 #: (security, session, locale, the host check of ``CommonMiddleware``) or that
@@ -114,6 +133,7 @@ class _Route:
     def __init__(self, skip: frozenset[str]) -> None:
         middleware = list(settings.MIDDLEWARE)
         self.path: str | None = None
+        self.receipts = _Receipts.for_settings()
         allowed = KNOWN | skip
         unknown = [name for name in middleware if name not in allowed]
         if unknown:
@@ -160,6 +180,70 @@ def _no_chain(request: HttpRequest) -> HttpResponseBase:
     raise NotImplementedError
 
 
+class _Receipts:
+    """The receipts' path: Django's middleware chain and view, in one worker thread."""
+
+    def __init__(self, paths: frozenset[str]) -> None:
+        self.paths = paths
+        # Django's synchronous chain, as a WSGI handler loads it.
+        self.handler = BaseHandler()
+        self.handler.load_middleware(is_async=False)
+        self.executor = ThreadPoolExecutor(RECEIPT_THREADS, thread_name_prefix="alarms-receipts")
+
+    @classmethod
+    def for_settings(cls) -> _Receipts | None:
+        if getattr(settings, "FORCE_SCRIPT_NAME", None):
+            return None
+        try:
+            paths = frozenset(reverse(name) for name in RECEIPT_VIEWS)
+        except NoReverseMatch:
+            return None
+        if any(translation.get_language_from_path(path) for path in paths):
+            return None  # under i18n_patterns: the URL depends on the language
+        return cls(paths)
+
+    def respond(self, request: HttpRequest, scope: Scope) -> HttpResponseBase:
+        """In a worker thread: what Django's WSGI handler does for ``request``."""
+        set_script_prefix("/")  # never under a prefix: see for_settings and the dispatch
+        signals.request_started.send(sender=ASGIHandler, scope=scope)
+        try:
+            response = self.handler.get_response(request)
+        except BaseException:
+            signals.request_finished.send(sender=ASGIHandler)
+            raise
+        if getattr(response, "streaming", False):
+            raise TypeError(f"{request.path} answered with a stream; its path sends none.")
+        # The body is in memory: closing now sends request_finished in this thread,
+        # so its database connection goes back (to the pool) at once.
+        response.close()
+        return response
+
+
+async def _serve_receipt(receipts: _Receipts, scope: Scope, receive: Any, send: Any) -> None:
+    max_size = settings.FILE_UPLOAD_MAX_MEMORY_SIZE
+    with tempfile.SpooledTemporaryFile(max_size=max_size) as body:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return  # as Django's handler: nothing to answer
+            body.write(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        body.seek(0)
+        try:
+            request = ASGIRequest(scope, body)
+        except UnicodeDecodeError:
+            request_logger.warning(
+                "Bad Request (UnicodeDecodeError)", exc_info=True, extra={"status_code": 400}
+            )
+            await _send(HttpResponseBadRequest(), send)
+            return
+        response = await sync_to_async(
+            receipts.respond, thread_sensitive=False, executor=receipts.executor
+        )(request, scope)
+    await _send(response, send)
+
+
 def direct_streams(application: Any, *, skip: Iterable[str] = ()) -> Any:
     """Wrap Django's ASGI application so streams take the direct path (module docstring).
 
@@ -171,6 +255,17 @@ def direct_streams(application: Any, *, skip: Iterable[str] = ()) -> Any:
 
     async def app(scope: Scope, receive: Any, send: Any) -> None:
         nonlocal route
+        if scope.get("type") == "http" and scope.get("method") == "POST":
+            if route is None:
+                route = _Route(skipped)
+            receipts = route.receipts
+            if (
+                receipts is not None
+                and scope.get("path") in receipts.paths
+                and not scope.get("root_path")
+            ):
+                await _serve_receipt(receipts, scope, receive, send)
+                return
         if scope.get("type") == "http" and scope.get("method") == "GET":
             if route is None:
                 route = _Route(skipped)

@@ -2,12 +2,14 @@
 
 ``server_settings`` plus :class:`MarkChain` and whatever ``EXTRA_MIDDLEWARE``
 names (comma-separated) last in ``MIDDLEWARE``: a response that went through
-Django's middleware chain carries ``X-Chain: 1``.
+Django's middleware chain carries ``X-Chain: 1``, and ``X-Chain-Thread`` names
+the thread the chain's last hook ran in.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 
 from django.http import HttpRequest, HttpResponseBase
 from django.utils.deprecation import MiddlewareMixin
@@ -21,6 +23,7 @@ class MarkChain(MiddlewareMixin):
         self, request: HttpRequest, response: HttpResponseBase
     ) -> HttpResponseBase:
         response["X-Chain"] = "1"
+        response["X-Chain-Thread"] = threading.current_thread().name
         return response
 
 

@@ -9,12 +9,15 @@ the chain. A middleware the path does not know keeps streams on Django's path.
 
 from __future__ import annotations
 
+import json
+import secrets
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from alarms import api
+from alarms.models import AlarmReceipt
 from tests.e2e.conftest import Server, ServerFactory, http_request
 from tests.sse import Stream
 
@@ -127,3 +130,54 @@ def test_login_required_middleware_still_guards_the_stream(
     with Stream(f"{server.url}/alarms/stream/", cookies={name: value}) as stream:
         assert stream.status == 200
         assert stream.next_event(15).json()["title"] == "Fire drill"
+
+
+@pytest.mark.parametrize("path", APPS)
+def test_receipts_are_the_same_on_either_path(
+    chain_server, path, make_user, session_cookie
+) -> None:
+    """The receipts' POSTs run Django's whole chain either way; on the direct path
+    in one of its worker threads, not hop by hop on Django's."""
+    server = chain_server(path)
+    reader = make_user("rhea")
+    alarm = api.send_alarm(TEXTS, users=[reader])
+    name, value = session_cookie(reader)
+    token = secrets.token_hex(16)  # a CSRF secret of our own: cookie and header agree
+
+    def post(url: str, body: bytes, **headers: str) -> tuple[int, Any, bytes]:
+        return http_request(server.port, "POST", url, headers, body)
+
+    signed_in = {"Cookie": f"{name}={value}; csrftoken={token}", "Content-Type": "application/json"}
+    ids = json.dumps({"ids": [alarm.pk], "language": "ko"}).encode()
+    # Without the CSRF header: the view's own check refuses it.
+    status, headers, _ = post("/alarms/dismiss/", ids, **signed_in)
+    assert (status, headers["X-Chain"]) == (403, "1")
+    # Anonymous, and a body that is not JSON: the view's answers.
+    anonymous = {"Cookie": f"csrftoken={token}", "X-CSRFToken": token}
+    status, _, body = post(
+        "/alarms/seen/", ids, **anonymous, **{"Content-Type": "application/json"}
+    )
+    assert status == 403
+    assert b"Sign in to record alarms" in body
+    status, _, body = post("/alarms/seen/", b"{", **signed_in, **{"X-CSRFToken": token})
+    assert (status, json.loads(body)) == (400, {"error": "The body is not valid JSON."})
+    # A Host outside ALLOWED_HOSTS: Django's 400.
+    status, _, _ = post("/alarms/seen/", ids, **signed_in, Host="evil.example")
+    assert status == 400
+    assert not AlarmReceipt.objects.exists()
+    # Seen, then dismissed: each recorded once, in the language the toast was shown in.
+    for url in ("/alarms/seen/", "/alarms/dismiss/"):
+        status, headers, body = post(url, ids, **signed_in, **{"X-CSRFToken": token})
+        assert (status, json.loads(body)) == (200, {"updated": 1})
+        assert headers["X-Content-Type-Options"] == "nosniff"
+        direct = headers["X-Chain-Thread"].startswith("alarms-receipts")
+        assert direct == (path == "direct"), headers["X-Chain-Thread"]
+    receipt = AlarmReceipt.objects.get(user=reader, alarm=alarm)
+    assert (receipt.language, bool(receipt.seen_at), bool(receipt.dismissed_at)) == (
+        "ko",
+        True,
+        True,
+    )
+    log = server.output()
+    assert "Invalid HTTP_HOST header: 'evil.example'" in log
+    assert "Forbidden (CSRF cookie not set.)" in log or "Forbidden (CSRF token" in log
