@@ -18,7 +18,8 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, router, transaction
-from django.db.models import QuerySet
+from django.db.models import QuerySet, Value
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 from django.utils.translation import get_language
 
@@ -577,8 +578,11 @@ def _receipts(user: Any, alarm_ids: Iterable[int], field: str, language: str | N
         }
         fresh = ids - set(existing)
         shown = _shown_languages(fresh, language) if fresh else {}
+        # A dismissal is a sighting too: seen_at is kept for the counts.
+        fields = [field, "seen_at"] if field == "dismissed_at" else [field]
         new = [
-            AlarmReceipt(user=user, alarm_id=i, language=shown[i], **{field: now}) for i in fresh
+            AlarmReceipt(user=user, alarm_id=i, language=shown[i], **dict.fromkeys(fields, now))
+            for i in fresh
         ]
         AlarmReceipt.objects.bulk_create(new, ignore_conflicts=True)
         if fresh:
@@ -587,17 +591,15 @@ def _receipts(user: Any, alarm_ids: Iterable[int], field: str, language: str | N
             # this request's field on that row instead of losing it.
             AlarmReceipt.objects.filter(
                 user=user, alarm_id__in=fresh, **{f"{field}__isnull": True}
-            ).update(**{field: now})
+            ).update(**{name: Coalesce(name, Value(now)) for name in fields})
         stale = [r for r in existing.values() if getattr(r, field) is None]
         for r in stale:
-            setattr(r, field, now)
-        AlarmReceipt.objects.bulk_update(stale, [field])
+            for name in fields:
+                if getattr(r, name) is None:
+                    setattr(r, name, now)
+        AlarmReceipt.objects.bulk_update(stale, fields)
         changed = [r.alarm_id for r in new] + [r.alarm_id for r in stale]
         if field == "dismissed_at":
-            # seen implies dismissed-ness is known; keep seen_at for the counts.
-            AlarmReceipt.objects.filter(
-                user=user, alarm_id__in=changed, seen_at__isnull=True
-            ).update(seen_at=now)
             journal.record(changed, kind="dismiss", user_id=user.pk, using=alias)
             for alarm_id in sorted(changed):
                 signals.send_on_commit(

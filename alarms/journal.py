@@ -227,7 +227,9 @@ def _write(rows: list[Any], using: str) -> None:
     if not rows:
         return
     connection = connections[using]
-    with transaction.atomic(using=using):
+    # Inside the caller's transaction (a receipt, a save) no savepoint: an error here
+    # fails the whole write anyway, and a savepoint is two more round trips.
+    with transaction.atomic(using=using, savepoint=False):
         if connection.vendor == "postgresql":
             with connection.cursor() as cursor:
                 # An id for the transaction before the insert draws row ids
