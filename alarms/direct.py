@@ -39,8 +39,9 @@ whole middleware chain, whatever it holds, run as a WSGI server runs it, in
 one worker thread, where Django's ASGI handler hops to a thread and back for
 each hook of each ``MiddlewareMixin`` middleware (16 hops a dismissal with the
 demo's chain: 13.5 ms of CPU against 9, ``docs/performance.md``). The signals
-run as under any handler. At most ``RECEIPT_THREADS`` receipts a process run
-at once; the rest wait their turn without holding a database connection.
+run as under any handler. At most ``ALARMS["RECEIPT_THREADS"]`` receipts a
+process run at once; the rest wait their turn without holding a database
+connection.
 
 The ``request_started``/``request_finished`` signals do not run for a stream on
 this path (the stream writes nothing through the ORM on its request). Anything
@@ -82,6 +83,7 @@ from django.utils import translation
 from django.utils.log import log_response
 from django.utils.module_loading import import_string
 
+from alarms.conf import get_config
 from alarms.translation import request_language
 
 logger = logging.getLogger("alarms.stream")
@@ -92,9 +94,6 @@ Scope = dict[str, Any]
 SESSION_MIDDLEWARE = "django.contrib.sessions.middleware.SessionMiddleware"
 SECURITY_MIDDLEWARE = "django.middleware.security.SecurityMiddleware"
 
-#: Receipts a process runs at once on their path (each holds a database
-#: connection while it runs); the demo's pool has 12 a process.
-RECEIPT_THREADS = 4
 #: The URL names of the views the receipts' path serves, all synchronous.
 RECEIPT_VIEWS = ("alarms:seen", "alarms:dismiss")
 
@@ -188,7 +187,8 @@ class _Receipts:
         # Django's synchronous chain, as a WSGI handler loads it.
         self.handler = BaseHandler()
         self.handler.load_middleware(is_async=False)
-        self.executor = ThreadPoolExecutor(RECEIPT_THREADS, thread_name_prefix="alarms-receipts")
+        threads = int(get_config()["RECEIPT_THREADS"])
+        self.executor = ThreadPoolExecutor(threads, thread_name_prefix="alarms-receipts")
 
     @classmethod
     def for_settings(cls) -> _Receipts | None:
@@ -211,10 +211,8 @@ class _Receipts:
         except BaseException:
             signals.request_finished.send(sender=ASGIHandler)
             raise
-        if getattr(response, "streaming", False):
-            raise TypeError(f"{request.path} answered with a stream; its path sends none.")
-        # The body is in memory: closing now sends request_finished in this thread,
-        # so its database connection goes back (to the pool) at once.
+        # The views answer JSON, in memory: closing now sends request_finished in
+        # this thread, so its database connection goes back (to the pool) at once.
         response.close()
         return response
 
@@ -255,27 +253,18 @@ def direct_streams(application: Any, *, skip: Iterable[str] = ()) -> Any:
 
     async def app(scope: Scope, receive: Any, send: Any) -> None:
         nonlocal route
-        if scope.get("type") == "http" and scope.get("method") == "POST":
+        method = scope.get("method") if scope.get("type") == "http" else None
+        # Mounted under a prefix (root_path), the paths differ: Django's to route.
+        if method in ("GET", "POST") and not scope.get("root_path"):
             if route is None:
                 route = _Route(skipped)
-            receipts = route.receipts
-            if (
-                receipts is not None
-                and scope.get("path") in receipts.paths
-                and not scope.get("root_path")
-            ):
-                await _serve_receipt(receipts, scope, receive, send)
-                return
-        if scope.get("type") == "http" and scope.get("method") == "GET":
-            if route is None:
-                route = _Route(skipped)
-            # Mounted under a prefix (root_path), the path differs: Django's to route.
-            if (
-                route.path is not None
-                and scope.get("path") == route.path
-                and not scope.get("root_path")
-            ):
+            path = scope.get("path")
+            if method == "GET" and route.path is not None and path == route.path:
                 await _serve(route, scope, receive, send)
+                return
+            receipts = route.receipts
+            if method == "POST" and receipts is not None and path in receipts.paths:
+                await _serve_receipt(receipts, scope, receive, send)
                 return
         await application(scope, receive, send)
 
