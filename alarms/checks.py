@@ -82,6 +82,15 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
                     f"ALARMS[{key!r}] must be a positive number, not {value!r}.", id="alarms.E004"
                 )
             )
+    for key in ("DB_THREADS", "RECEIPT_THREADS"):
+        value = config[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            messages.append(
+                Error(
+                    f"ALARMS[{key!r}] must be a whole number of threads, 1 or more, not {value!r}.",
+                    id="alarms.E004",
+                )
+            )
     messages.extend(cors_origin_errors(config["CORS_ALLOWED_ORIGINS"]))
     messages.extend(base_template_errors(config["BASE_TEMPLATE"]))
     messages.extend(escalate_errors(config["ESCALATE"]))

@@ -37,6 +37,10 @@ DEFAULTS: dict[str, Any] = {
     # Threads (and so database connections) the broker uses for reads, including
     # the per-connect loads of sessions, users and receipts.
     "DB_THREADS": 1,
+    # Receipts (seen, dismiss) a process records at once on alarms.asgi.direct_streams'
+    # path, each in a thread with a database connection. Fewer keeps a broadcast's
+    # fan-out quick under a dismissal storm; more answers the storm sooner.
+    "RECEIPT_THREADS": 2,
     # Seconds the cyclic garbage collector waits after a broadcast starts, so
     # that a full collection does not land among thousands of writes (0: off).
     "GC_PAUSE": 2.0,

@@ -62,6 +62,21 @@ def test_e004_bad_numbers(key: str, value: Any) -> None:
     assert key in messages[0].msg
 
 
+@pytest.mark.parametrize("key", ("DB_THREADS", "RECEIPT_THREADS"))
+@pytest.mark.parametrize("value", (0, -1, 1.5, "2", True))
+def test_e004_bad_thread_counts(key: str, value: Any) -> None:
+    with override_settings(ALARMS={key: value}):
+        messages = check_settings()
+
+    assert [m.id for m in messages] == ["alarms.E004"]
+    assert key in messages[0].msg
+
+
+@override_settings(ALARMS={"DB_THREADS": 3, "RECEIPT_THREADS": 8})
+def test_thread_counts_that_are_whole_numbers_pass() -> None:
+    assert "alarms.E004" not in ids()
+
+
 @override_settings(ALARMS={"BROKER": "alarms.broker.postgres.PostgresBroker"})
 def test_e005_postgres_broker_needs_postgres() -> None:
     expected = [] if connection.vendor == "postgresql" else ["alarms.E005"]
