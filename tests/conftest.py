@@ -23,25 +23,22 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if "postgres" in item.keywords and not on_postgres:
             item.add_marker(skip)
     # Tests marked "client" drive the browser client through behaviour the server's
-    # database and Django version leave alone; scripts/test runs them in the SQLite
-    # leg and leaves them out of the others (ALARMS_TEST_CLIENT=0), whose time is
-    # what the suite's fifteen minutes are made of.
-    # Tests marked "one_django" vary what sits beside Django (the ASGI server, the
-    # proxy, the monitoring programs, mail, the browser's pages); the Django 6 leg
-    # leaves them out (ALARMS_TEST_ONE_DJANGO=0) and keeps the unit tests and the
-    # end-to-end tests of what Django's version can change (the stream through its
-    # handler, sessions and access, runserver, CSP, the admin).
-    deselect = {
-        mark
-        for mark, variable in (
-            ("client", "ALARMS_TEST_CLIENT"),
-            ("one_django", "ALARMS_TEST_ONE_DJANGO"),
-        )
-        if os.environ.get(variable) == "0"
-    }
-    if deselect:
-        kept = [item for item in items if not deselect & set(item.keywords)]
-        dropped = [item for item in items if deselect & set(item.keywords)]
-        if dropped:
-            config.hook.pytest_deselected(items=dropped)
-            items[:] = kept
+    # database and Django version leave alone: scripts/test runs them in one leg and
+    # leaves them out of the others (ALARMS_TEST_CLIENT=0). Tests marked "one_django"
+    # vary what sits beside Django (the ASGI server, the proxy, the monitoring
+    # programs, mail, the browser's pages); the Django 6 leg leaves them out
+    # (ALARMS_TEST_ONE_DJANGO=0) and keeps the unit tests and the end-to-end tests of
+    # what Django's version can change (the stream through its handler, sessions and
+    # access, runserver, CSP, the admin). A client test goes by the first rule alone.
+    client_off = os.environ.get("ALARMS_TEST_CLIENT") == "0"
+    one_django_off = os.environ.get("ALARMS_TEST_ONE_DJANGO") == "0"
+
+    def left_out(item: pytest.Item) -> bool:
+        if "client" in item.keywords:
+            return client_off
+        return one_django_off and "one_django" in item.keywords
+
+    dropped = [item for item in items if left_out(item)]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = [item for item in items if not left_out(item)]
