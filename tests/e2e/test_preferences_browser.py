@@ -124,10 +124,12 @@ def test_the_browsers_time_zone_is_stored_and_times_follow_the_stored_one(
         what="the detected time zone stored",
         page=page,
     )
-    # Changed elsewhere: the page loads again in the new zone, with no action here.
+    # Changed elsewhere: the page loads again in the new zone, with no action here
+    # (mid-reload the script is not there yet: the predicate waits on, not throws).
     preferences.update(reader, time_zone="Asia/Seoul")
     page.wait_for_function(
-        "() => document.querySelector('script[data-stream-url]').dataset.timeZone === 'Asia/Seoul'",
+        "() => document.querySelector('script[data-stream-url]')"
+        "?.dataset.timeZone === 'Asia/Seoul'",
         timeout=WAIT,
     )
     wait_ready(page, leader=True, timeout=WAIT)
