@@ -82,6 +82,14 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
                     f"ALARMS[{key!r}] must be a positive number, not {value!r}.", id="alarms.E004"
                 )
             )
+    for key in ("GC_PAUSE", "RECEIPTS_YIELD"):
+        value = config[key]
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            messages.append(
+                Error(
+                    f"ALARMS[{key!r}] must be 0 or more seconds, not {value!r}.", id="alarms.E004"
+                )
+            )
     for key in ("DB_THREADS", "RECEIPT_THREADS"):
         value = config[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:

@@ -41,6 +41,10 @@ DEFAULTS: dict[str, Any] = {
     # path, each in a thread with a database connection. Fewer keeps a broadcast's
     # fan-out quick under a dismissal storm; more answers the storm sooner.
     "RECEIPT_THREADS": 2,
+    # Seconds at most a receipt waits, after an alarm was queued to streams, for
+    # every stream to take it: a dismissal can be recorded a moment later, an
+    # alarm must be shown now (0: never wait).
+    "RECEIPTS_YIELD": 2.0,
     # Seconds the cyclic garbage collector waits after a broadcast starts, so
     # that a full collection does not land among thousands of writes (0: off).
     "GC_PAUSE": 2.0,

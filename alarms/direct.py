@@ -40,8 +40,10 @@ one worker thread, where Django's ASGI handler hops to a thread and back for
 each hook of each ``MiddlewareMixin`` middleware (16 hops a dismissal with the
 demo's chain: 13.5 ms of CPU against 9, ``docs/performance.md``). The signals
 run as under any handler. At most ``ALARMS["RECEIPT_THREADS"]`` receipts a
-process run at once; the rest wait their turn without holding a database
-connection.
+process run at once; the rest wait their turn on the event loop without
+holding a database connection, and while a broadcast is being delivered to
+this process's streams the next receipt waits for it (at most
+``ALARMS["RECEIPTS_YIELD"]`` seconds): showing an alarm goes first.
 
 The ``request_started``/``request_finished`` signals do not run for a stream on
 this path (the stream writes nothing through the ORM on its request). Anything
@@ -57,6 +59,7 @@ import asyncio
 import io
 import logging
 import tempfile
+import weakref
 from collections.abc import AsyncGenerator, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing, suppress
@@ -83,6 +86,7 @@ from django.utils import translation
 from django.utils.log import log_response
 from django.utils.module_loading import import_string
 
+from alarms.broker import current_broker
 from alarms.conf import get_config
 from alarms.translation import request_language
 
@@ -187,8 +191,21 @@ class _Receipts:
         # Django's synchronous chain, as a WSGI handler loads it.
         self.handler = BaseHandler()
         self.handler.load_middleware(is_async=False)
-        threads = int(get_config()["RECEIPT_THREADS"])
-        self.executor = ThreadPoolExecutor(threads, thread_name_prefix="alarms-receipts")
+        self.threads = int(get_config()["RECEIPT_THREADS"])
+        self.executor = ThreadPoolExecutor(self.threads, thread_name_prefix="alarms-receipts")
+        # Admission on the loop, one per loop (a semaphore is bound to its loop):
+        # a receipt takes a thread only when one is free, so that the check for
+        # a broadcast in delivery comes just before it runs, not before it queues.
+        self._slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def slot(self) -> asyncio.Semaphore:
+        loop = asyncio.get_running_loop()
+        slots = self._slots.get(loop)
+        if slots is None:
+            slots = self._slots[loop] = asyncio.Semaphore(self.threads)
+        return slots
 
     @classmethod
     def for_settings(cls) -> _Receipts | None:
@@ -236,9 +253,13 @@ async def _serve_receipt(receipts: _Receipts, scope: Scope, receive: Any, send: 
             )
             await _send(HttpResponseBadRequest(), send)
             return
-        response = await sync_to_async(
-            receipts.respond, thread_sensitive=False, executor=receipts.executor
-        )(request, scope)
+        async with receipts.slot():
+            broker = current_broker()
+            if broker is not None:
+                await broker.yield_to_delivery()
+            response = await sync_to_async(
+                receipts.respond, thread_sensitive=False, executor=receipts.executor
+            )(request, scope)
     await _send(response, send)
 
 

@@ -62,6 +62,21 @@ def test_e004_bad_numbers(key: str, value: Any) -> None:
     assert key in messages[0].msg
 
 
+@pytest.mark.parametrize("key", ("GC_PAUSE", "RECEIPTS_YIELD"))
+@pytest.mark.parametrize("value", (-1, "2", None, True))
+def test_e004_bad_waits(key: str, value: Any) -> None:
+    with override_settings(ALARMS={key: value}):
+        messages = check_settings()
+
+    assert [m.id for m in messages] == ["alarms.E004"]
+    assert key in messages[0].msg
+
+
+@override_settings(ALARMS={"GC_PAUSE": 0, "RECEIPTS_YIELD": 0.5})
+def test_waits_of_zero_or_more_seconds_pass() -> None:
+    assert "alarms.E004" not in ids()
+
+
 @pytest.mark.parametrize("key", ("DB_THREADS", "RECEIPT_THREADS"))
 @pytest.mark.parametrize("value", (0, -1, 1.5, "2", True))
 def test_e004_bad_thread_counts(key: str, value: Any) -> None:

@@ -36,6 +36,11 @@ def get_broker() -> BaseBroker:
         return _broker
 
 
+def current_broker() -> BaseBroker | None:
+    """This process's broker if one was made, without making one."""
+    return _broker
+
+
 def wake_local() -> None:
     """Wake this process's broker, if it runs (after a commit made here)."""
     if _broker is not None:

@@ -80,6 +80,8 @@ class BaseBroker:
         self.counters = Counters()
         self.timings = Timings()
         self._collector = runtime.CollectorHold()
+        # Until when (loop time) receipts yield to the delivery of a broadcast.
+        self._delivering_until = 0.0
         self.shutting_down = False
 
     # -- extension points -------------------------------------------------
@@ -306,7 +308,22 @@ class BaseBroker:
     def _fan_out(
         self, old: CachedAlarm | None, new: CachedAlarm | None, now: datetime, event_id: str
     ) -> None:
-        self.counters.events += fanout.alarm_changed(self.subscribers.all, old, new, now, event_id)
+        queued = fanout.alarm_changed(self.subscribers.all, old, new, now, event_id)
+        self.counters.events += queued
+        if queued and self.loop is not None:
+            self._delivering_until = self.loop.time() + float(self.config["RECEIPTS_YIELD"])
+
+    async def yield_to_delivery(self) -> None:
+        """Wait, at most ``RECEIPTS_YIELD`` seconds after an alarm was queued to
+        streams, until every stream has taken what it was queued: the receipts'
+        path calls this before each receipt, so that a dismissal storm's writes
+        do not hold the CPU while a broadcast is being delivered."""
+        loop = self.loop
+        if loop is None or loop is not asyncio.get_running_loop():
+            return
+        within = self._delivering_until - loop.time()
+        if within > 0:
+            await self.subscribers.backlog.empty(within)
 
     def _tick(self) -> None:
         """Announce alarms whose time came, retract those that expired."""
@@ -358,7 +375,7 @@ class BaseBroker:
         except BrokerFull:
             self.counters.refused_full += 1
             raise
-        sub = Subscriber(state.viewer, config["QUEUE_SIZE"], address)
+        sub = Subscriber(state.viewer, config["QUEUE_SIZE"], address, self.subscribers.backlog)
         sub.dismissed = state.dismissed
         user_id = state.viewer.user_id
         if user_id is not None and state.session_key:

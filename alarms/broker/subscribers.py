@@ -22,6 +22,48 @@ class AddressFull(BrokerFull):
     """The client's address holds ``MAX_STREAMS_PER_ADDRESS`` streams already."""
 
 
+class Backlog:
+    """How many streams hold events their generator has not taken yet.
+
+    After a broadcast, the receipts' path waits until this falls to 0
+    (:meth:`BaseBroker.yield_to_delivery`): recording a dismissal can wait a
+    moment, showing an alarm cannot. Kept by :class:`Subscriber` as its queue
+    fills and empties, so knowing it costs nothing per stream.
+    """
+
+    __slots__ = ("_waiters", "count")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._waiters: list[asyncio.Future[None]] = []
+
+    def rise(self) -> None:
+        self.count += 1
+
+    def fall(self) -> None:
+        self.count -= 1
+        if self.count <= 0:
+            self.count = 0
+            waiters, self._waiters = self._waiters, []
+            for waiter in waiters:
+                _resolve(waiter)
+
+    async def empty(self, within: float) -> None:
+        """Wait until no stream holds an untaken event, or ``within`` seconds."""
+        if self.count <= 0 or within <= 0:
+            return
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
+        self._waiters.append(waiter)
+        timer = loop.call_later(within, _resolve, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+
+
 class Subscriber:
     """One open stream: a bounded queue of encoded events and a reason if closed."""
 
@@ -30,6 +72,7 @@ class Subscriber:
         "_size",
         "_waiter",
         "address",
+        "backlog",
         "closed",
         "dismissed",
         "expires_at",
@@ -41,7 +84,9 @@ class Subscriber:
     )
     _ids = itertools.count(1)
 
-    def __init__(self, viewer: Viewer, queue_size: int, address: str = "") -> None:
+    def __init__(
+        self, viewer: Viewer, queue_size: int, address: str = "", backlog: Backlog | None = None
+    ) -> None:
         self.id = next(self._ids)
         self.viewer = viewer
         self.address = address
@@ -59,6 +104,8 @@ class Subscriber:
         self._queue: list[bytes] = []
         self._size = queue_size
         self._waiter: asyncio.Future[None] | None = None
+        # Counted in while its queue holds events (None once it left the broker).
+        self.backlog = backlog
 
     def push(self, chunk: bytes, alarm_id: int | None = None) -> None:
         """Queue ``chunk``; ``alarm_id`` names the alarm it is about, for a
@@ -75,6 +122,8 @@ class Subscriber:
                 extra={"event": "stream_slow", "stream": self.id, "address": self.address},
             )
             return
+        if not self._queue and self.backlog is not None:
+            self.backlog.rise()
         self._queue.append(chunk)
         if alarm_id is not None and self.tracking is not None:
             self.tracking.add(alarm_id)
@@ -106,7 +155,15 @@ class Subscriber:
         if not self._queue:
             return None
         chunks, self._queue = self._queue, []
+        if self.backlog is not None:
+            self.backlog.fall()
         return chunks
+
+    def leave(self) -> None:
+        """Stop counting in the backlog: the stream left the broker."""
+        if self._queue and self.backlog is not None:
+            self.backlog.fall()
+        self.backlog = None
 
 
 def _resolve(waiter: asyncio.Future[None]) -> None:
@@ -123,6 +180,7 @@ class Subscribers:
         self.by_address: dict[str, int] = defaultdict(int)
         # By session digest (``alarms.journal.session_digest``).
         self.by_session: dict[str, set[Subscriber]] = {}
+        self.backlog = Backlog()
 
     def __len__(self) -> int:
         return len(self.all)
@@ -156,6 +214,7 @@ class Subscribers:
         if sub not in self.all:
             return False
         self.all.discard(sub)
+        sub.leave()
         if sub.address:
             left = self.by_address[sub.address] - 1
             if left > 0:
