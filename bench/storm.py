@@ -10,8 +10,9 @@ the other in one run:
 1. A database of its own in the cluster of ``DATABASE_URL``, migrated by the
    tree's own ``manage.py migrate``; N users with a session each, bulk-created
    (``bench/storm_setup.py``, run in the tree).
-2. P daphne processes of the tree (``config.asgi:application``, the bench
-   settings, ``--proxy-headers``, a listen queue of 4,096) and one nginx in front
+2. P processes of the tree's ASGI server, daphne by default or each ``--server``
+   in turn (``config.asgi:application``, the bench settings, proxy headers
+   trusted, a listen queue of 4,096) and one nginx in front
    of them: the ``upstream`` block of the tree's ``docs/nginx.conf`` with the P
    ports, and a server block that includes ``docs/nginx-alarms-locations.conf``
    unchanged. The server block adds one response header, ``X-Upstream``, naming
@@ -581,8 +582,22 @@ async def scenario(
     return result
 
 
-def run_tree(args: argparse.Namespace, tree: Path, index: int, work: Path) -> dict[str, Any]:
-    label = f"{tree.name}@{git_head(tree)}"
+def server_command(server: str, python: str, port: int) -> list[str]:
+    app = "config.asgi:application"
+    if server == "daphne":
+        listen = f"tcp:port={port}:interface=127.0.0.1:backlog=4096"
+        return [python, "-m", "daphne", "--proxy-headers", "-e", listen, app]
+    return [
+        python, "-m", "uvicorn", "--host", "127.0.0.1", "--port", str(port),
+        "--lifespan", "off", "--no-access-log", "--log-level", "warning",
+        "--backlog", "4096", app,
+    ]  # fmt: skip
+
+
+def run_tree(
+    args: argparse.Namespace, tree: Path, server: str, index: int, work: Path
+) -> dict[str, Any]:
+    label = f"{tree.name}@{git_head(tree)}" + ("" if server == "daphne" else f" ({server})")
     print(f"{label}: preparing {args.users} users", flush=True)
     db_url = tree_database(os.environ["DATABASE_URL"], f"storm_{index}")
     python = str(tree / ".venv" / "bin" / "python")
@@ -622,19 +637,18 @@ def run_tree(args: argparse.Namespace, tree: Path, index: int, work: Path) -> di
     nginx = None
     try:
         for port in daphne_ports:
-            log = work / f"daphne-{index}-{port}.log"
-            command = [
-                python, "-m", "daphne", "--proxy-headers",
-                "-e", f"tcp:port={port}:interface=127.0.0.1:backlog=4096",
-                "config.asgi:application",
-            ]  # fmt: skip
+            log = work / f"{server}-{index}-{port}.log"
             servers.append(
                 subprocess.Popen(
-                    command, cwd=tree, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT
+                    server_command(server, python, port),
+                    cwd=tree,
+                    env=env,
+                    stdout=log.open("wb"),
+                    stderr=subprocess.STDOUT,
                 )
             )
         for port, process in zip(daphne_ports, servers, strict=True):
-            wait_listening(port, process, "daphne", work / f"daphne-{index}-{port}.log")
+            wait_listening(port, process, server, work / f"{server}-{index}-{port}.log")
         nginx_dir = work / f"nginx-{index}"
         nginx_dir.mkdir()
         conf = nginx_conf(tree, nginx_dir, nginx_port, daphne_ports)
@@ -656,7 +670,13 @@ def run_tree(args: argparse.Namespace, tree: Path, index: int, work: Path) -> di
             stop(nginx)
         for process in servers:
             stop(process)
-    return {"label": label, "tree": str(tree), "processes": args.processes, **result}
+    return {
+        "label": label,
+        "tree": str(tree),
+        "server": server,
+        "processes": args.processes,
+        **result,
+    }
 
 
 def git_head(tree: Path) -> str:
@@ -676,7 +696,7 @@ def table(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| tree | users / streams | dismiss POST p50 / p99 / max ms | POSTs answered (s) "
         "| dismiss → other stream p50 / p99 / max ms | delivered "
-        "| alarm mid-storm p50 / p99 / max ms | delivered | daphne CPU s (sum) | machine busy |",
+        "| alarm mid-storm p50 / p99 / max ms | delivered | server CPU s (sum) | machine busy |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -697,6 +717,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tree", type=Path, action="append", help="repeatable; default: this one")
     parser.add_argument("--users", type=int, default=500, help="default: %(default)s")
+    parser.add_argument(
+        "--server",
+        action="append",
+        choices=("daphne", "uvicorn"),
+        help="repeatable: each tree runs under each; default: daphne",
+    )
     parser.add_argument(
         "--second", type=int, default=None, help="users with a second stream (default: N/10)"
     )
@@ -734,8 +760,9 @@ def main() -> int:
     note = f"storm-{int(time.time())}"
     print(f"logs in {work}", flush=True)
     rows = []
-    for index, tree in enumerate(trees):
-        row = run_tree(args, tree, index, work)
+    runs = [(tree, server) for tree in trees for server in (args.server or ["daphne"])]
+    for index, (tree, server) in enumerate(runs):
+        row = run_tree(args, tree, server, index, work)
         row["note"] = note
         row["users"], row["spread_s"] = args.users, args.spread
         rows.append(row)
