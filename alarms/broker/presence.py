@@ -62,7 +62,10 @@ class Presence:
         self.changed = False
         self.writes = 0  # rows written (not touches), for the tests and the bench
         self._row = False  # whether our row exists
-        self._timer: asyncio.TimerHandle | None = None
+        # The next write or touch, and its loop time: uvloop's call_at gives a
+        # time already past a plain Handle, which has no when().
+        self._timer: asyncio.Handle | None = None
+        self._timer_at = 0.0
         self._task: asyncio.Task[None] | None = None
         self._written_at = float("-inf")  # loop time of the last write or touch
         self._stopped = False
@@ -127,10 +130,11 @@ class Presence:
             return
         at = max(self._written_at + delay, loop.time())
         if self._timer is not None:
-            if self._timer.when() <= at:
+            if self._timer_at <= at:
                 return
             self._timer.cancel()  # a touch was due later than this change's write
         self._timer = loop.call_at(at, self._fire)
+        self._timer_at = at
 
     def _fire(self) -> None:
         self._timer = None
