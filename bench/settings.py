@@ -16,7 +16,11 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "loggers": {"alarms.broker": {"handlers": ["console"], "level": "INFO"}},
+    "loggers": {
+        "alarms.broker": {"handlers": ["console"], "level": "INFO"},
+        # A 500 in a run must leave its traceback in the server's log.
+        "django.request": {"handlers": ["console"], "level": "ERROR"},
+    },
 }
 
 if os.environ.get("BENCH_POOL"):
