@@ -169,12 +169,16 @@ def _is_event_stream(message: Message) -> bool:
 class _Valve:
     """A Twisted streaming producer that turns pause/resume into an awaitable."""
 
+    # One per stream, for its life: no __dict__, and a future only while paused
+    # (an asyncio.Event holds a deque of waiters from the start).
+    __slots__ = ("_paused", "_waiter", "registered", "request", "timeout")
+
     def __init__(self, request: Any, timeout: float) -> None:
         self.request = request
         self.timeout = timeout
         self.registered = False
-        self._writable = asyncio.Event()
-        self._writable.set()
+        self._paused = False
+        self._waiter: asyncio.Future[None] | None = None
 
     def open(self) -> None:
         if self.request.channel is None or self.request.producer is not None:
@@ -186,7 +190,7 @@ class _Valve:
         if not self.registered:
             return
         self.registered = False
-        self._writable.set()
+        self._resume()
         if self.request.channel is not None:
             self.request.unregisterProducer()
         else:
@@ -194,24 +198,33 @@ class _Valve:
 
     # IPushProducer, called by Twisted on this (the loop's) thread.
     def pauseProducing(self) -> None:
-        self._writable.clear()
+        self._paused = True
 
     def resumeProducing(self) -> None:
-        self._writable.set()
+        self._resume()
 
     def stopProducing(self) -> None:
-        self._writable.set()
+        self._resume()
+
+    def _resume(self) -> None:
+        self._paused = False
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     async def writable(self, scope: Scope) -> bool:
         """Wait while the socket is full; False if it stayed full and was aborted."""
-        if self._writable.is_set():
+        if not self._paused:
             return True
         started = time.monotonic()
+        waiter = self._waiter = asyncio.get_running_loop().create_future()
         try:
-            await asyncio.wait_for(self._writable.wait(), self.timeout)
+            await asyncio.wait_for(waiter, self.timeout)
         except TimeoutError:
             self._abort(scope, time.monotonic() - started)
             return False
+        finally:
+            self._waiter = None
         return True
 
     def _abort(self, scope: Scope, waited: float) -> None:

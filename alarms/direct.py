@@ -310,18 +310,26 @@ async def _serve(route: _Route, scope: Scope, receive: Any, send: Any) -> None:
         await _send(HttpResponseBadRequest(), send)
         return
     response = await _respond(route, request)
-    sender = asyncio.create_task(_send(response, send))
-    watcher = asyncio.create_task(_disconnected(receive))
+    # What follows lives as long as the stream, so it keeps only what it reads
+    # again: not the request (nor its META), nor, once the headers are out, the
+    # response (see _send).
+    del request
+    sending = _send(response, send)
+    del response
+    # This task sends; one more waits for the client to go away and cancels it.
+    serving = cast("asyncio.Task[None]", asyncio.current_task())
+    watcher = asyncio.create_task(_disconnected(receive, serving))
     try:
-        await asyncio.wait((sender, watcher), return_when=asyncio.FIRST_COMPLETED)
+        await sending
+    except asyncio.CancelledError:
+        # The watcher's cancel ends the stream as a return; any other goes on.
+        if not watcher.done() or watcher.cancelled() or serving.uncancel():
+            raise
     finally:
-        for task in (watcher, sender):
-            if not task.done():
-                task.cancel()
-                with suppress(asyncio.CancelledError):
-                    await task
-    if sender.done() and not sender.cancelled():
-        sender.result()
+        if not watcher.done():
+            watcher.cancel()
+            with suppress(asyncio.CancelledError):
+                await watcher
 
 
 async def _respond(route: _Route, request: HttpRequest) -> HttpResponseBase:
@@ -373,25 +381,42 @@ async def _view_response(route: _Route, request: HttpRequest) -> HttpResponseBas
 
 
 async def _send(response: HttpResponseBase, send: Any) -> None:
+    await send(_start(response))
+    # Django's flag for the streaming kind of response, as its handlers read it.
+    if not getattr(response, "streaming", False):
+        await send({"type": "http.response.body", "body": cast(HttpResponse, response).content})
+        return
+    # The stream's own generator when its response hands it over
+    # (EventStreamResponse.detach_events): then the response, its headers and
+    # Django's two generators around the stream's are not kept for its life.
+    detach = getattr(response, "detach_events", None)
+    parts: AsyncGenerator[bytes, None] | None = detach() if detach is not None else None
+    if parts is None:
+        # Its __aiter__ is an async generator, which the stubs call an AsyncIterator.
+        parts = cast(AsyncGenerator[bytes, None], aiter(cast(StreamingHttpResponse, response)))
+    del response, detach
+    async with aclosing(parts) as content:
+        async for part in content:
+            await send({"type": "http.response.body", "body": part, "more_body": True})
+    await send({"type": "http.response.body"})
+
+
+def _start(response: HttpResponseBase) -> dict[str, Any]:
+    # Built here, so that no frame of the stream keeps the headers once sent.
     headers = [
         (name.encode("latin-1"), value.encode("latin-1")) for name, value in response.items()
     ]
     for cookie in response.cookies.values():
         headers.append((b"Set-Cookie", cookie.output(header="").strip().encode("ascii")))
-    await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
-    if getattr(response, "streaming", False):
-        # Django's flag for the streaming kind of response, as its handlers read it.
-        streaming = cast(StreamingHttpResponse, response)
-        # Its __aiter__ is an async generator, which the stubs call an AsyncIterator.
-        parts = cast(AsyncGenerator[bytes, None], aiter(streaming))
-        async with aclosing(parts) as content:
-            async for part in content:
-                await send({"type": "http.response.body", "body": part, "more_body": True})
-        await send({"type": "http.response.body"})
-    else:
-        await send({"type": "http.response.body", "body": cast(HttpResponse, response).content})
+    return {"type": "http.response.start", "status": response.status_code, "headers": headers}
 
 
-async def _disconnected(receive: Any) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
+async def _disconnected(receive: Any, serving: asyncio.Task[None]) -> None:
+    """Cancel ``serving`` when the client goes away (or ``receive`` fails)."""
+    try:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+    except Exception:
+        serving.cancel()  # the error stays this task's, as it was
+        raise
+    serving.cancel()

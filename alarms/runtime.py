@@ -177,6 +177,8 @@ _DROP = (
     "auser",
     "_messages",
     "GET",
+    # request.headers, cached: a copy of every HTTP_ key of META (the CORS check reads it).
+    "headers",
     "scope",
     "_stream",
     "resolver_match",

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -23,6 +23,7 @@ from django.utils.module_loading import import_string
 from alarms.asgi import direct_streams, flow_control
 from alarms.broker import broker_path
 from alarms.broker.base import BaseBroker
+from alarms.views.stream import EventStreamResponse
 from tests.helpers import run_broker
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -104,3 +105,45 @@ def test_a_stream_the_server_stops_sending_frees_its_slot(
         assert len(broker.subscribers) == 0
 
     run_broker(import_string(broker_path())(), test)
+
+
+@pytest.mark.parametrize("path", APPLICATIONS)
+def test_a_client_that_goes_away_ends_its_stream_as_a_return(path: str) -> None:
+    application = APPLICATIONS[path]()
+
+    async def test(broker: BaseBroker) -> None:
+        gone = asyncio.Event()
+        opened = asyncio.Event()
+        messages = [{"type": "http.request", "body": b"", "more_body": False}]
+
+        async def receive() -> dict[str, Any]:
+            if messages:
+                return messages.pop()
+            await gone.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.body":
+                opened.set()
+
+        serving = asyncio.create_task(application(dict(SCOPE), receive, send))
+        await asyncio.wait_for(opened.wait(), 30)
+        assert len(broker.subscribers) == 1
+        gone.set()
+        await asyncio.wait_for(serving, 30)  # returned: not cancelled, no error
+        assert len(broker.subscribers) == 0
+
+    run_broker(import_string(broker_path())(), test)
+
+
+def test_an_event_stream_response_hands_over_its_events_until_replaced() -> None:
+    async def events() -> AsyncGenerator[bytes, None]:
+        yield b": alarms\n\n"
+
+    mine = events()
+    response = EventStreamResponse(mine, content_type="text/event-stream")
+    assert response.detach_events() is mine
+    # A middleware that wraps the content: its wrapper is what must be sent.
+    response.streaming_content = [b"wrapped"]
+    assert response.detach_events() is None
+    assert list(response) == [b"wrapped"]

@@ -14,7 +14,8 @@ from typing import Any
 from alarms import rules
 
 
-@dataclass(frozen=True)
+# One per stream (anonymous ones too), for its life: slots, no __dict__.
+@dataclass(frozen=True, slots=True)
 class Viewer:
     """Who a stream belongs to, as far as visibility, language and mute go."""
 

@@ -7,8 +7,9 @@ import logging
 import random
 import sys
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
+from typing import cast
 
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, StreamingHttpResponse
 from django.utils import translation
@@ -99,6 +100,11 @@ async def stream(request: HttpRequest) -> HttpResponseBase:
     return response
 
 
+# Django's property (the stubs call it a plain descriptor), and its setter.
+_CONTENT = cast(property, vars(StreamingHttpResponse)["streaming_content"])
+_set_content = cast(Callable[[StreamingHttpResponse, object], None], _CONTENT.fset)
+
+
 class EventStreamResponse(StreamingHttpResponse):
     """A streaming response that closes the view's generator when the server stops.
 
@@ -113,6 +119,20 @@ class EventStreamResponse(StreamingHttpResponse):
     def __init__(self, events: AsyncGenerator[bytes, None], **kwargs: object) -> None:
         super().__init__(events, **kwargs)
         self._events = events
+        self._replaced = False
+
+    @_CONTENT.setter
+    def streaming_content(self, value: object) -> None:
+        # Set again after __init__ (a middleware wrapping the events), the
+        # content is that wrapper: detach_events hands nothing over then.
+        self._replaced = hasattr(self, "_events")
+        _set_content(self, value)
+
+    def detach_events(self) -> AsyncGenerator[bytes, None] | None:
+        """The view's generator, for a server that sends its bytes (already
+        bytes) itself and lets go of this response for the stream's life
+        (``alarms.direct``); None when the content was replaced since."""
+        return None if self._replaced else self._events
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         async with aclosing(self._events):
