@@ -22,8 +22,9 @@ DEFAULTS: dict[str, Any] = {
     "SAFETY_POLL_INTERVAL": None,
     # PostgreSQL NOTIFY channel.
     "CHANNEL": "alarms",
-    # Seconds between comment heartbeats on an idle stream.
-    "HEARTBEAT": 15,
+    # Seconds of silence after which a stream sends a comment, so that proxies keep
+    # it open: under the tightest common idle timeout (30 s, docs/deployment.md).
+    "HEARTBEAT": 20,
     # Reconnection delay sent to EventSource (milliseconds).
     "RETRY_MS": 2000,
     # Events buffered per stream before it is judged too slow and closed.
