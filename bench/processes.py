@@ -51,21 +51,13 @@ from bench.storm import (  # noqa: E402
     stop,
     wait_listening,
 )
+from bench.storm import server_command as storm_server_command  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "processes.jsonl"
 
 
 def server_command(server: str, port: int) -> list[str]:
-    python = str(ROOT / ".venv" / "bin" / "python")
-    app = "config.asgi:application"
-    if server == "daphne":
-        listen = f"tcp:port={port}:interface=127.0.0.1:backlog=4096"
-        return [python, "-m", "daphne", "--proxy-headers", "-e", listen, app]
-    return [
-        python, "-m", "uvicorn", "--host", "127.0.0.1", "--port", str(port),
-        "--lifespan", "off", "--no-access-log", "--log-level", "warning",
-        "--backlog", "4096", app,
-    ]  # fmt: skip
+    return storm_server_command(server, str(ROOT / ".venv" / "bin" / "python"), port)
 
 
 def client_command(args: argparse.Namespace, label: str, url: str, note: str, n: int) -> list[str]:

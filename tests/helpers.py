@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +43,20 @@ async def with_broker(broker: BaseBroker, test: Callable[[Any], Coroutine[Any, A
 def run_broker(broker: BaseBroker, test: Callable[[Any], Coroutine[Any, Any, None]]) -> None:
     """:func:`with_broker` on a fresh event loop."""
     asyncio.run(with_broker(broker, test))
+
+
+def client_that_stays(body: bytes = b"") -> Callable[[], Awaitable[dict[str, Any]]]:
+    """An ASGI ``receive`` for an application driven in-process: the request's
+    body, then nothing (the client neither sends more nor goes away)."""
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive() -> dict[str, Any]:
+        if messages:
+            return messages.pop()
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    return receive
 
 
 # -- alarm text -------------------------------------------------------------------------

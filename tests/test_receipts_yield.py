@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -30,7 +30,7 @@ from alarms.broker.base import BaseBroker
 from alarms.broker.cache import Viewer
 from alarms.broker.subscribers import Subscriber, Subscribers
 from alarms.models import AlarmReceipt
-from tests.helpers import en, run_broker
+from tests.helpers import client_that_stays, en, run_broker
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -50,19 +50,6 @@ def scope(method: str, path: str, headers: list[tuple[bytes, bytes]]) -> dict[st
         "client": ("127.0.0.1", 40000),
         "server": ("testserver", 80),
     }
-
-
-def request_body(body: bytes) -> Callable[[], Awaitable[dict[str, Any]]]:
-    """An ASGI ``receive``: the body, then nothing (the client stays)."""
-    messages = [{"type": "http.request", "body": body, "more_body": False}]
-
-    async def receive() -> dict[str, Any]:
-        if messages:
-            return messages.pop()
-        await asyncio.Event().wait()
-        raise AssertionError("unreachable")
-
-    return receive
 
 
 async def wait_until(condition: Callable[[], bool], what: str) -> None:
@@ -97,7 +84,7 @@ def run(yield_seconds: float) -> tuple[bool, int, bytes, int]:
                 await socket_free.wait()  # the socket takes nothing until let go
 
         get = scope("GET", "/alarms/stream/", [(b"cookie", cookie)])
-        stream = asyncio.create_task(application(get, request_body(b""), stream_send))
+        stream = asyncio.create_task(application(get, client_that_stays(b""), stream_send))
         await wait_until(lambda: len(broker.subscribers) == 1, "the stream")
         await sync_to_async(api.send_alarm)(en("Second"), users=[reader])
         backlog = broker.subscribers.backlog
@@ -118,7 +105,7 @@ def run(yield_seconds: float) -> tuple[bool, int, bytes, int]:
         ]
         body = json.dumps({"ids": [alarm.pk], "language": "en"}).encode()
         post = scope("POST", "/alarms/dismiss/", headers)
-        receipt = asyncio.create_task(application(post, request_body(body), receipt_send))
+        receipt = asyncio.create_task(application(post, client_that_stays(body), receipt_send))
         # Without a yield it is answered while the stream still holds the alarm
         # (however slow the machine); with one, not before the stream is let go.
         await asyncio.wait([receipt], timeout=0.5 if yield_seconds else 20)

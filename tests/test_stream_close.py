@@ -24,7 +24,7 @@ from alarms.asgi import direct_streams, flow_control
 from alarms.broker import broker_path
 from alarms.broker.base import BaseBroker
 from alarms.views.stream import EventStreamResponse
-from tests.helpers import run_broker
+from tests.helpers import client_that_stays, run_broker
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -52,19 +52,6 @@ def collector_off() -> Iterator[None]:
         yield
     finally:
         gc.enable()
-
-
-def client_that_stays() -> Callable[[], Awaitable[dict[str, Any]]]:
-    """An ASGI ``receive``: a GET's empty body, then nothing (no disconnect)."""
-    messages = [{"type": "http.request", "body": b"", "more_body": False}]
-
-    async def receive() -> dict[str, Any]:
-        if messages:
-            return messages.pop()
-        await asyncio.Event().wait()
-        raise AssertionError("unreachable")
-
-    return receive
 
 
 APPLICATIONS = {
