@@ -29,6 +29,17 @@ One run:
    cookie of the next user in turn, the rest anonymous.
 4. After ``--settle`` seconds, reads the RSS again.
 
+5. With ``--broadcasts K``, publishes K alarms for everyone, one after another
+   (the tree's ``bench/trigger.py``, which prints its commit time), and times
+   each from its commit to its arrival on every stream; one more goes first,
+   untimed, since a process's first fan-out loads code that a long-running
+   one has loaded long since.
+
+With ``--floor PATH`` (the shared load client's ``floor_server.py``, a bare
+asyncio broadcaster), each round also runs it, with N anonymous streams and the
+same client: its RSS per stream and its broadcasts (timed from before its write
+loop) are the floor that this client and machine allow.
+
 KiB per stream = (RSS after - RSS before) / the streams held (N when none
 failed). Also measured: the streams refused or failed (an error or a status
 other than 200 before the first bytes, or closed by the server before the second
@@ -44,9 +55,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import os
+import secrets
 import statistics
 import subprocess
 import sys
@@ -55,6 +68,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.request import urlopen
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -96,6 +110,10 @@ class Tree:
     cookie: str
 
 
+#: The floor: the shared load client's bare broadcaster (``--floor``).
+FLOOR = Tree(Path(), "floor", {}, [], "")
+
+
 @dataclass
 class Streams:
     """The client side of one run: the streams held, and what went wrong."""
@@ -110,6 +128,13 @@ class Streams:
     readers: list[asyncio.Task[None]] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     dropped: int = 0
+    # Streams answer GET path with marker first; the floor's differ from ours.
+    path: str = "/alarms/stream/"
+    marker: bytes = b": alarms"
+    # The broadcast being timed: its token, and when each stream saw it.
+    token: bytes | None = None
+    arrivals: list[float] = field(default_factory=list)
+    all_in: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def open_many(self, n: int, concurrency: int) -> None:
         gate = asyncio.Semaphore(concurrency)
@@ -137,13 +162,13 @@ class Streams:
         try:
             writer.write(
                 (
-                    f"GET /alarms/stream/ HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\n"
+                    f"GET {self.path} HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\n"
                     f"Accept: text/event-stream\r\nAccept-Language: en\r\n{cookie}\r\n"
                 ).encode()
             )
             data = b""
             async with asyncio.timeout(self.timeout):
-                while b": alarms" not in data:
+                while self.marker not in data:
                     chunk = await reader.read(65536)
                     if not chunk:
                         raise RuntimeError(f"closed: {data[:200]!r}")
@@ -159,12 +184,41 @@ class Streams:
     async def drain(self, reader: asyncio.StreamReader) -> None:
         # Keep reading, so nothing piles up in either side's buffers; an end here is a
         # stream the server closed (the per-user cap, an error).
+        seen: bytes | None = None  # the last token this stream saw
+        tail = b""  # a token may straddle two reads
         try:
-            while await reader.read(65536):
-                pass
+            while chunk := await reader.read(65536):
+                token = self.token
+                if token is not None and token != seen and token in tail + chunk:
+                    self.arrivals.append(time.time())
+                    seen = token
+                    if len(self.arrivals) >= len(self.held):
+                        self.all_in.set()
+                tail = chunk[-64:]
         except OSError:
             pass
         self.dropped += 1
+
+    async def broadcast(self, publish: Any, wait: float) -> dict[str, Any]:
+        """Publish one alarm (``publish(token)`` returns its time) and time its
+        arrival on every stream held."""
+        token = f"bench-{secrets.token_hex(6)}"
+        self.arrivals = []
+        self.all_in.clear()
+        self.token = token.encode()
+        sent = await publish(token)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.all_in.wait(), wait)
+        late = sorted(1000 * (t - sent) for t in self.arrivals)
+        if not late:
+            return {"delivered": 0, "of": len(self.held)}
+        return {
+            "delivered": len(late),
+            "of": len(self.held),
+            "p50_ms": round(late[len(late) // 2], 1),
+            "p99_ms": round(late[min(len(late) - 1, math.ceil(len(late) * 0.99) - 1)], 1),
+            "max_ms": round(late[-1], 1),
+        }
 
     async def close(self) -> None:
         for task in self.readers:
@@ -222,8 +276,12 @@ def prepare_tree(args: argparse.Namespace, path: Path, index: int, work: Path) -
     return Tree(path, label, env, sessions, names["session_cookie"])
 
 
-async def measure(args: argparse.Namespace, tree: Tree, port: int, pid: int) -> dict[str, Any]:
+async def measure(
+    args: argparse.Namespace, tree: Tree, port: int, pid: int, publish: Any
+) -> dict[str, Any]:
     streams = Streams(port, tree, args.signed_in, args.timeout)
+    if tree is FLOOR:
+        streams.path, streams.marker = "/events", b": ok"
     await streams.open_many(args.warm, args.concurrency)
     await asyncio.sleep(args.settle)
     before = rss_kib(pid)
@@ -235,6 +293,13 @@ async def measure(args: argparse.Namespace, tree: Tree, port: int, pid: int) -> 
     after = rss_kib(pid)
     cpu = cpu_seconds(pid) - cpu_before
     held = len(streams.held) - warm_held
+    broadcasts = []
+    # One untimed first: a process's first fan-out loads code a long-running one has.
+    for i in range(args.broadcasts + 1 if args.broadcasts else 0):
+        result = await streams.broadcast(publish, args.broadcast_wait)
+        if i:
+            broadcasts.append(result)
+        await asyncio.sleep(2)
     dropped = streams.dropped
     await streams.close()
     failed = len(streams.failures) + dropped
@@ -250,24 +315,57 @@ async def measure(args: argparse.Namespace, tree: Tree, port: int, pid: int) -> 
         "open_s": round(open_s, 1),
         "server_cpu_s": round(cpu, 2),
         "cpu_ms_per_stream": round(cpu * 1000 / args.streams, 2),
+        "broadcasts": broadcasts,
     }
+
+
+async def trigger(tree: Tree, token: str) -> float:
+    """Publish with the tree's bench/trigger.py: its commit time."""
+    python = str(tree.path / ".venv" / "bin" / "python")
+    process = await asyncio.create_subprocess_exec(
+        python, "bench/trigger.py", token, cwd=tree.path, env=tree.env,
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, _ = await process.communicate()
+    return float(out.decode().split("BENCH_TS=")[1].split()[0])
+
+
+def floor_publisher(port: int) -> Any:
+    async def publish(token: str) -> float:
+        def post() -> str:
+            url = f"http://127.0.0.1:{port}/publish?message={token}"
+            with urlopen(url, data=b"", timeout=60) as answer:
+                return str(answer.read().decode())
+
+        body = await asyncio.to_thread(post)
+        return float(body.split("BENCH_TS=")[1].split()[0])
+
+    return publish
 
 
 def run_one(
     args: argparse.Namespace, tree: Tree, server: str, port: int, work: Path, tag: str
 ) -> dict[str, Any]:
-    python = str(tree.path / ".venv" / "bin" / "python")
     log = work / f"{tag}.log"
+    if tree is FLOOR:
+        command = [sys.executable, str(args.floor), str(port)]
+        cwd, env = args.floor.parent, dict(os.environ)
+
+        async def publish(token: str) -> float:
+            return await floor_publisher(port)(token)
+    else:
+        python = str(tree.path / ".venv" / "bin" / "python")
+        command, cwd, env = server_command(server, python, port), tree.path, tree.env
+
+        async def publish(token: str) -> float:
+            return await trigger(tree, token)
+
     process = subprocess.Popen(
-        server_command(server, python, port),
-        cwd=tree.path,
-        env=tree.env,
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
+        command, cwd=cwd, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT
     )
     try:
         wait_listening(port, process, server, log)
-        result = asyncio.run(measure(args, tree, port, process.pid))
+        result = asyncio.run(measure(args, tree, port, process.pid, publish))
     finally:
         stop(process)
     # bench/settings.py logs a 500's traceback; an older tree's may not.
@@ -285,9 +383,14 @@ def table(rows: list[dict[str, Any]], trees: list[Tree], servers: list[str]) -> 
     lines = [
         "| tree | server | N | signed in | "
         + " | ".join(f"KiB/stream round {i}" for i in range(1, rounds + 1))
-        + " | median KiB/stream | failed | server CPU ms/stream (median) |",
-        "|---|---|---|---|" + "---:|" * rounds + "---:|---:|---:|",
+        + " | median KiB/stream | failed | server CPU ms/stream (median) "
+        + "| broadcast p99 ms, each | median p99 | / the floor's |",
+        "|---|---|---|---|" + "---:|" * rounds + "---:|---:|---:|---|---:|---:|",
     ]
+    floor_p99 = [
+        b["p99_ms"] for r in rows if r["label"] == "floor" for b in r["broadcasts"] if "p99_ms" in b
+    ]
+    floor = statistics.median(floor_p99) if floor_p99 else None
     for tree in trees:
         for server in servers:
             mine = sorted(
@@ -301,10 +404,22 @@ def table(rows: list[dict[str, Any]], trees: list[Tree], servers: list[str]) -> 
             cells += ["-"] * (rounds - len(cells))
             median = fmt_kib(statistics.median(kib) if kib else None)
             cpu = statistics.median(r["cpu_ms_per_stream"] for r in mine)
+            sent = [b for r in mine for b in r["broadcasts"]]
+            p99 = [b["p99_ms"] for b in sent if "p99_ms" in b]
+            each = "; ".join(
+                f"{b['p99_ms']:,.0f}"
+                if b["delivered"] == b["of"]
+                else f"{b['delivered']}/{b['of']} delivered"
+                for b in sent
+            )
+            mid = statistics.median(p99) if p99 else None
+            ratio = f"{mid / floor:.2f}" if mid and floor else "-"
+            signed = 0 if tree is FLOOR else mine[0]["signed_in"]
             lines.append(
-                f"| {tree.label} | {server} | {mine[0]['n']:,} | {mine[0]['signed_in']:.0%} | "
+                f"| {tree.label} | {server} | {mine[0]['n']:,} | {signed:.0%} | "
                 + " | ".join(cells)
-                + f" | **{median}** | {sum(r['failed'] for r in mine)} | {cpu:.2f} |"
+                + f" | **{median}** | {sum(r['failed'] for r in mine)} | {cpu:.2f} "
+                + f"| {each or '-'} | {f'{mid:,.0f}' if mid else '-'} | {ratio} |"
             )
     return "\n".join(lines)
 
@@ -341,6 +456,13 @@ def main() -> int:
         default={"HEARTBEAT": 3600},
         help="JSON merged into the servers' ALARMS (BENCH_ALARMS); default: heartbeats off",
     )
+    parser.add_argument(
+        "--broadcasts", type=int, default=0, help="alarms timed per run; default: %(default)s"
+    )
+    parser.add_argument(
+        "--broadcast-wait", type=float, default=30.0, help="seconds per alarm at most"
+    )
+    parser.add_argument("--floor", type=Path, help="the load client's floor_server.py")
     parser.add_argument("--port", type=int, default=15600, help="first port; default: %(default)s")
     parser.add_argument("--json-out", type=Path, default=RESULTS)
     args = parser.parse_args()
@@ -367,12 +489,14 @@ def main() -> int:
         prepare_tree(args, path.resolve(), i, work) for i, path in enumerate(args.tree or [ROOT])
     ]
     runs = [(tree, server) for tree in trees for server in servers]
+    if args.floor:
+        runs.insert(0, (FLOOR, "floor"))
     rows: list[dict[str, Any]] = []
     port = args.port
     for round_ in range(1, args.rounds + 1):
         for tree, server in runs if round_ % 2 else runs[::-1]:
             port += 1  # a fresh port: no TIME_WAIT left from the last run's sockets
-            tag = f"r{round_}-{trees.index(tree)}-{server}"
+            tag = f"r{round_}-{runs.index((tree, server))}-{server}"
             result = run_one(args, tree, server, port, work, tag)
             row = {
                 "note": note,
@@ -384,7 +508,7 @@ def main() -> int:
                 "warm": args.warm,
                 "signed_in": args.signed_in,
                 "users": args.users,
-                "database": tree.env["DATABASE_URL"].split(":")[0],
+                "database": tree.env.get("DATABASE_URL", "none").split(":")[0],
                 "alarms": args.alarms,
                 **result,
             }
@@ -394,7 +518,7 @@ def main() -> int:
             with args.json_out.open("a") as f:
                 f.write(json.dumps(row) + "\n")
     print()
-    print(table(rows, trees, servers))
+    print(table(rows, ([FLOOR] if args.floor else []) + trees, ["floor", *servers]))
     return 0
 
 
