@@ -201,6 +201,7 @@ def test_only_get() -> None:
 REQUIRED = {
     "alarms_streams_open": "gauge",  # open streams
     "alarms_streams_max": "gauge",  # and the cap they are held to
+    "alarms_streams_backlogged": "gauge",  # holding events not yet written
     "alarms_broker_running": "gauge",
     "alarms_journal_position": "gauge",
     "alarms_events_delivered_total": "counter",  # events delivered
@@ -241,6 +242,8 @@ def test_prometheus_text_format(run: Runner) -> None:
         assert {name: families[name][0] for name in REQUIRED if name in families} == REQUIRED
         assert (("reason", "slow"),) in families["alarms_streams_closed_total"][1]
         assert families["alarms_streams_open"][1] == {(): 2}
+        # Neither stream's generator runs here: the alarm waits in both queues.
+        assert families["alarms_streams_backlogged"][1] == {(): 2}
         assert all(not math.isnan(value) and value >= 0 for value in metric_samples(text).values())
         assert {name for name in families if "second" in name} == DURATIONS
         assert not [name for name in families if name.endswith(("_ms", "_ms_total"))]
@@ -320,6 +323,7 @@ def test_values_are_the_brokers(run: Runner) -> None:
             ("alarms_streams_open", ()): 2,
             ("alarms_streams_max", ()): 7,
             ("alarms_users_streaming", ()): 1,
+            ("alarms_streams_backlogged", ()): 0,
             ("alarms_broker_running", ()): 1,
             ("alarms_alarms_current", ()): 3,
             ("alarms_journal_position", ()): latest,

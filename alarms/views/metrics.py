@@ -81,6 +81,12 @@ class BrokerCollector:
             len(broker.subscribers.by_user),
         )
         yield gauge(
+            "alarms_streams_backlogged",
+            "Streams holding events not yet written to them: a broadcast in delivery, or a "
+            "client that stopped reading (receipts wait while it is above 0; RECEIPTS_YIELD).",
+            broker.subscribers.backlog.count,
+        )
+        yield gauge(
             "alarms_broker_running",
             "1 while the broker's read loop runs, 0 when it could not start.",
             int(running),
