@@ -236,6 +236,26 @@ def test_presence_keeps_time_under_uvloop(transactional_db: None) -> None:
         runner.run(with_broker(MemoryBroker(), test))
 
 
+@override_settings(ALARMS={"BROKER": "alarms.broker.memory.MemoryBroker", "SHUTDOWN_GRACE": 0})
+def test_a_connect_that_fails_after_subscribing_leaves_no_stream(transactional_db: None) -> None:
+    """As the presence timer did under uvloop: its connect answered 500, and the
+    stream must not stay registered, fanned out to and counted forever."""
+    kim = get_user_model().objects.create_user("kim")
+
+    async def test(broker: BaseBroker) -> None:
+        def fails(viewer: Viewer) -> None:
+            raise RuntimeError("presence")
+
+        broker.presence.joined = fails  # type: ignore[method-assign]
+        with pytest.raises(RuntimeError):
+            broker.subscribe(state(kim))
+        assert len(broker.subscribers) == 0
+        assert kim.pk not in broker.subscribers.by_user
+        assert broker.counters.connects == 0
+
+    run_broker(MemoryBroker(), test)
+
+
 class TestMemoryBroker(OperatorBrokerContract):
     broker_class = MemoryBroker
     settings = {

@@ -383,8 +383,13 @@ class BaseBroker:
             sub.session = session_digest(state.session_key)
             sub.expires_at = state.expires_at.timestamp() if state.expires_at else None
         self.subscribers.add(sub, config["MAX_STREAMS_PER_USER"])
-        self.presence.joined(sub.viewer)
-        self.access.connected(sub, state.head)
+        try:
+            self.presence.joined(sub.viewer)
+            self.access.connected(sub, state.head)
+        except BaseException:
+            # The connect fails: no stream of it may stay behind, fanned out to forever.
+            self.unsubscribe(sub)
+            raise
         self.counters.connects += 1
         return sub
 
