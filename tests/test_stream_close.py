@@ -16,15 +16,17 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
+from asgiref.sync import sync_to_async
 from django.core.asgi import get_asgi_application
 from django.test import override_settings
 from django.utils.module_loading import import_string
 
+from alarms import api
 from alarms.asgi import direct_streams, flow_control
 from alarms.broker import broker_path
 from alarms.broker.base import BaseBroker
 from alarms.views.stream import EventStreamResponse
-from tests.helpers import client_that_stays, run_broker
+from tests.helpers import client_that_stays, en, run_broker, until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -134,3 +136,44 @@ def test_an_event_stream_response_hands_over_its_events_until_replaced() -> None
     response.streaming_content = [b"wrapped"]
     assert response.detach_events() is None
     assert list(response) == [b"wrapped"]
+
+
+@override_settings(ALARMS={"SLOW_CLIENT_TIMEOUT": 7.25, "SHUTDOWN_GRACE": 0})
+def test_a_send_the_socket_takes_at_once_makes_no_timer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """flow_control bounds a waiting send with a timeout, made only once the send
+    waits: a broadcast's 10,000 writes each made one before (a tenth of its CPU)."""
+    import alarms.asgi
+
+    entered: list[float | None] = []
+    real_timeout = asyncio.timeout
+
+    def counted(delay: float | None) -> asyncio.Timeout:
+        if delay == 7.25:  # the module is asyncio's own: count flow_control's only
+            entered.append(delay)
+        return real_timeout(delay)
+
+    monkeypatch.setattr(alarms.asgi.asyncio, "timeout", counted)
+    application = APPLICATIONS["direct"]()
+
+    async def test(broker: BaseBroker) -> None:
+        bodies: list[bytes] = []
+        socket_full = True
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.body":
+                if socket_full:
+                    await asyncio.sleep(0.05)  # waits once, as on a full socket
+                bodies.append(message.get("body", b""))
+
+        serving = asyncio.create_task(application(dict(SCOPE), client_that_stays(), send))
+        await until(lambda: len(bodies) == 1, 10)
+        assert entered == [7.25]  # the opening waited: bounded
+        socket_full = False
+        await sync_to_async(api.send_alarm)(en("At once"), audience="everyone")
+        await until(lambda: len(bodies) == 2, 10)
+        assert b"At once" in bodies[1]
+        assert entered == [7.25]  # taken at once: no timer
+        serving.cancel()
+        await asyncio.gather(serving, return_exceptions=True)
+
+    run_broker(import_string(broker_path())(), test)
