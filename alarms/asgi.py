@@ -118,7 +118,6 @@ async def _with_send_timeout(
         if not (streaming and message.get("type") == "http.response.body"):
             await send(message)
             return
-        started = time.monotonic()
         sending = send(message)
         if not isinstance(sending, Coroutine):
             sending = _awaited(sending)
@@ -129,6 +128,7 @@ async def _with_send_timeout(
             waiting_on = sending.send(None)
         except StopIteration:
             return
+        started = time.monotonic()  # when it began to wait: the first step took no time
         try:
             async with asyncio.timeout(timeout):
                 await _Rest(sending, waiting_on)
