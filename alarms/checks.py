@@ -51,6 +51,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
             )
         else:
             messages.extend(broker_class.check())
+            messages.extend(wake_url_errors(config, broker_class))
     alias = config["DATABASE"]
     if alias not in settings.DATABASES:
         messages.append(
@@ -104,6 +105,35 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
     messages.extend(escalate_errors(config["ESCALATE"]))
     messages.extend(sqlite_transaction_warnings(settings.DATABASES))
     return messages
+
+
+def wake_url_errors(config: dict[str, Any], broker_class: type[Any]) -> list[Error]:
+    """alarms.E009: a WAKE_URL that nothing would hear. Writers that publish on
+    Redis send no NOTIFY, so a broker that does not subscribe (SQLite's, or a
+    BROKER set by hand) would miss every write of another process."""
+    if not config["WAKE_URL"]:
+        return []
+    alias = config["DATABASE"]
+    engine = str(settings.DATABASES.get(alias, {}).get("ENGINE", ""))
+    if "postgresql" not in engine and "postgis" not in engine:
+        problem = f"ALARMS['WAKE_URL'] needs PostgreSQL; {alias!r} is {engine or 'not set'}."
+    else:
+        from alarms.broker.redis import RedisBroker
+
+        if issubclass(broker_class, RedisBroker):
+            return []  # RedisBroker.check says what is wrong with the URL itself
+        problem = (
+            f"ALARMS['WAKE_URL'] is set, but ALARMS['BROKER'] {broker_class.__name__} "
+            "does not subscribe to it."
+        )
+    return [
+        Error(
+            problem,
+            hint="Leave ALARMS['BROKER'] unset (RedisBroker is chosen on PostgreSQL), "
+            "or unset WAKE_URL.",
+            id="alarms.E009",
+        )
+    ]
 
 
 def sqlite_transaction_warnings(databases: dict[str, Any]) -> list[Warning]:

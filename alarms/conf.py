@@ -17,11 +17,17 @@ DEFAULTS: dict[str, Any] = {
     "DATABASE": "default",
     # Seconds between polls of the change journal when nothing wakes the broker
     # (MemoryBroker: how soon a write from another process is seen). PostgresBroker
-    # uses SAFETY_POLL_INTERVAL instead: None means it never polls while idle.
+    # uses SAFETY_POLL_INTERVAL instead: None means it never polls while idle
+    # (RedisBroker, which WAKE_URL picks: once a minute).
     "POLL_INTERVAL": 0.5,
     "SAFETY_POLL_INTERVAL": None,
-    # PostgreSQL NOTIFY channel.
+    # PostgreSQL NOTIFY channel (and Redis channel, with WAKE_URL).
     "CHANNEL": "alarms",
+    # On PostgreSQL, a Redis server ("redis://host:6379/0", "rediss://", "unix://")
+    # that wakes the brokers instead of NOTIFY (alarms.broker.redis): for many
+    # processes, whose listening connections slow every notifying commit. The
+    # journal stays in PostgreSQL. None: NOTIFY. Needs the "redis" extra.
+    "WAKE_URL": None,
     # Seconds of silence after which a stream sends a comment, so that proxies keep
     # it open: under the tightest common idle timeout (30 s, docs/deployment.md).
     "HEARTBEAT": 20,

@@ -73,7 +73,10 @@ that were running when its gap was seen have ended, and at least one re-check
 by themselves and its reader keeps the plain "rows past my position".
 
 The ``NOTIFY`` is issued in the same transaction: it is delivered on commit,
-never on rollback, and a crash between the two is impossible.
+never on rollback, and a crash between the two is impossible. With
+``ALARMS["WAKE_URL"]`` the write does not notify: the brokers are woken on
+Redis after the commit (``alarms.broker.redis``, which says what covers the
+moment between the two).
 
 Besides alarm changes and dismissals, the journal carries what an open stream's
 authorisation depends on, so every process re-makes it within a read:
@@ -94,6 +97,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable
+from functools import partial
 from typing import Any
 
 from django.conf import settings
@@ -232,21 +236,43 @@ def _write(rows: list[Any], using: str) -> None:
     with transaction.atomic(using=using, savepoint=False):
         if connection.vendor == "postgresql":
             with connection.cursor() as cursor:
-                # An id for the transaction before the insert draws row ids
-                # (see above), and the NOTIFY, which PostgreSQL sends at commit
-                # wherever it stands in the transaction: one round trip.
-                cursor.execute(
-                    "SELECT pg_current_xact_id(), pg_notify(%s, '')", [get_config()["CHANNEL"]]
-                )
+                if get_config()["WAKE_URL"]:
+                    # The brokers are woken on Redis after the commit.
+                    cursor.execute("SELECT pg_current_xact_id()")
+                else:
+                    # An id for the transaction before the insert draws row ids
+                    # (see above), and the NOTIFY, which PostgreSQL sends at commit
+                    # wherever it stands in the transaction: one round trip.
+                    cursor.execute(
+                        "SELECT pg_current_xact_id(), pg_notify(%s, '')",
+                        [get_config()["CHANNEL"]],
+                    )
         AlarmChange.objects.using(using).bulk_create(rows)
-    # Wake this process's broker as soon as the outer transaction commits.
-    transaction.on_commit(_wake_local_broker, using=using)
+        # Wake the brokers as soon as the outer transaction commits: once, however
+        # many journal writes it holds (a PUBLISH each would be a round trip each).
+        if not _wake_pending(connection):
+            transaction.on_commit(partial(_wake_brokers, using), using=using)
 
 
-def _wake_local_broker() -> None:
+def _wake_pending(connection: Any) -> bool:
+    """Whether this transaction already wakes the brokers at its commit. Django
+    drops the hooks of a savepoint rolled back, so a write after one registers
+    again. (``run_on_commit`` is Django's list of hooks, a private attribute:
+    without it, every write registers its own.)"""
+    hooks = getattr(connection, "run_on_commit", ())
+    return any(isinstance(hook[1], partial) and hook[1].func is _wake_brokers for hook in hooks)
+
+
+def _wake_brokers(using: str) -> None:
     from alarms.broker import wake_local
 
+    # This process's broker first: it needs no round trip.
     wake_local()
+    if get_config()["WAKE_URL"] and connections[using].vendor == "postgresql":
+        # Here, not at the top: the broker's modules import the models.
+        from alarms.broker import redis
+
+        redis.wake_after_commit(using)
 
 
 def _audience_changed(

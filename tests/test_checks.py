@@ -98,6 +98,41 @@ def test_e005_postgres_broker_needs_postgres() -> None:
     assert ids() == expected
 
 
+@override_settings(ALARMS={"WAKE_URL": "redis://127.0.0.1:6379/0"})
+def test_e009_wake_url_needs_postgres_and_the_broker_that_subscribes() -> None:
+    messages = check_settings()
+
+    if connection.vendor == "postgresql":
+        assert messages == []  # RedisBroker is chosen by itself
+    else:
+        assert [m.id for m in messages] == ["alarms.E009"]
+        assert "needs PostgreSQL" in messages[0].msg
+
+
+@pytest.mark.postgres
+@override_settings(
+    ALARMS={
+        "WAKE_URL": "redis://127.0.0.1:6379/0",
+        "BROKER": "alarms.broker.postgres.PostgresBroker",
+    }
+)
+def test_e009_a_broker_set_by_hand_must_subscribe() -> None:
+    messages = check_settings()
+
+    assert [m.id for m in messages] == ["alarms.E009"]
+    assert "PostgresBroker does not subscribe" in messages[0].msg
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("url", ["http://127.0.0.1:6379", "127.0.0.1:6379", 6379])
+def test_e009_wake_url_must_be_a_redis_url(url: Any) -> None:
+    with override_settings(ALARMS={"WAKE_URL": url}):
+        messages = check_settings()
+
+    assert [m.id for m in messages] == ["alarms.E009"]
+    assert "must be a redis://, rediss:// or unix:// URL" in messages[0].msg
+
+
 @override_settings(ASGI_APPLICATION=None)
 def test_w001_no_asgi() -> None:
     assert ids() == ["alarms.W001"]

@@ -3,7 +3,7 @@
 Its parts, each a module here:
 
 - ``base``: the broker itself: start and stop, the read loop, authorisation
-  that follows the user; ``memory`` and ``postgres`` say what wakes it;
+  that follows the user; ``memory``, ``postgres`` and ``redis`` say what wakes it;
 - ``cache``: the alarms it holds in memory and who a stream reads as;
 - ``subscribers``: the open streams, their queues and indexes;
 - ``reads`` and ``sessions``: every query it makes, in ``threads``;
@@ -64,5 +64,7 @@ def broker_path() -> str:
     alias = get_config()["DATABASE"]
     engine = settings.DATABASES.get(alias, {}).get("ENGINE", "")
     if "postgresql" in engine or "postgis" in engine:
+        if get_config()["WAKE_URL"]:
+            return "alarms.broker.redis.RedisBroker"
         return "alarms.broker.postgres.PostgresBroker"
     return "alarms.broker.memory.MemoryBroker"

@@ -44,6 +44,9 @@ class Counters:
     )
     reads: int = _counter("alarms_reads_total", "Journal reads by the broker.")
     notifications: int = _counter("alarms_notifications_total", "NOTIFY messages received.")
+    redis_wakes: int = _counter(
+        "alarms_redis_wakes_total", "Wake-ups received from Redis (ALARMS['WAKE_URL'])."
+    )
     reauthorised: int = _counter(
         "alarms_users_reauthorised_total",
         "Times a user's open streams were authorised again after an access change.",

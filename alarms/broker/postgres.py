@@ -105,7 +105,7 @@ class PostgresBroker(BaseBroker):
         assert self._wake is not None
         # A read without a NOTIFY: the safety poll, if set, and while a gap in
         # the journal is pending, its re-check (a rollback notifies nobody).
-        timers = (self.config["SAFETY_POLL_INTERVAL"], self.reads.recheck_in())
+        timers = (self.idle_poll(), self.reads.recheck_in())
         read_in = min((t for t in timers if t is not None), default=None)
         poll = read_in is not None and (within is None or read_in <= within)
         try:
@@ -115,6 +115,11 @@ class PostgresBroker(BaseBroker):
         except TimeoutError:
             return poll  # a timer for the schedule needs no query
         return True
+
+    def idle_poll(self) -> float | None:
+        """Seconds between reads while nothing wakes the broker; None: no reads."""
+        value = self.config["SAFETY_POLL_INTERVAL"]
+        return None if value is None else float(value)
 
     def _conninfo(self) -> dict[str, Any]:
         return runtime.listen_params(connections[self.alias])
