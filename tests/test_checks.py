@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import pytest
@@ -131,6 +132,16 @@ def test_e009_wake_url_must_be_a_redis_url(url: Any) -> None:
 
     assert [m.id for m in messages] == ["alarms.E009"]
     assert "must be a redis://, rediss:// or unix:// URL" in messages[0].msg
+
+
+@pytest.mark.postgres
+@override_settings(ALARMS={"WAKE_URL": "redis://127.0.0.1:6379/0"})
+def test_e009_wake_url_needs_the_redis_package(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "redis", None)  # import redis raises ImportError
+    messages = check_settings()
+
+    assert [m.id for m in messages] == ["alarms.E009"]
+    assert "needs the redis package" in messages[0].msg
 
 
 @override_settings(ASGI_APPLICATION=None)
