@@ -13,6 +13,7 @@ server's CPU seconds over the storm divided by N, the storm's wall time, and
 the time to first bytes (p50, max). Readers are spread over --users users, so
 the per-user cap does not close streams as they come. ``--servers direct``
 storms one path only (a 10,000-connect storm through Django's takes minutes).
+``--asgi daphne uvicorn`` runs each path under both servers, side by side.
 """
 
 from __future__ import annotations
@@ -112,16 +113,28 @@ async def storm(port: int, cookies: list[str], last_id: str, n: int, concurrency
     }
 
 
-def start(
-    name: str, port: int, env: dict[str, str], logs: Path, backlog: int | None
-) -> subprocess.Popen[bytes]:
-    log = (logs / f"{name}.log").open("wb")
+def command(path: str, asgi: str, port: int, backlog: int | None) -> list[str]:
+    """The command line of one server: ``path`` (direct or django) under ``asgi``."""
+    app = SERVERS[path]
+    if asgi == "uvicorn":
+        # As docs/deployment.md runs it; uvicorn's own listen queue is 2,048.
+        queue = ["--backlog", str(backlog)] if backlog is not None else []
+        return [
+            sys.executable, "-m", "uvicorn", "--host", "127.0.0.1", "--port", str(port),
+            "--lifespan", "off", "--no-access-log", "--log-level", "warning", *queue, app,
+        ]  # fmt: skip
     if backlog is None:  # daphne's own listen queue (Twisted's default, 50)
         listen = ["-b", "127.0.0.1", "-p", str(port)]
     else:
         listen = ["-e", f"tcp:port={port}:interface=127.0.0.1:backlog={backlog}"]
-    command = [sys.executable, "-m", "daphne", *listen, SERVERS[name]]
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    return [sys.executable, "-m", "daphne", *listen, app]
+
+
+def start(
+    name: str, argv: list[str], port: int, env: dict[str, str], logs: Path
+) -> subprocess.Popen[bytes]:
+    log = (logs / f"{name}.log").open("wb")
+    process = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
@@ -139,13 +152,22 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=200, help="default: %(default)s")
     parser.add_argument("--rounds", type=int, default=3, help="default: %(default)s")
     parser.add_argument("--users", type=int, default=200, help="default: %(default)s")
-    parser.add_argument("--port", type=int, default=8741, help="first of two; default: %(default)s")
+    parser.add_argument(
+        "--port", type=int, default=8741, help="the first server's; default: %(default)s"
+    )
     parser.add_argument(
         "--servers",
         nargs="+",
         choices=sorted(SERVERS),
         default=list(SERVERS),
         help="which paths to storm; default: both",
+    )
+    parser.add_argument(
+        "--asgi",
+        nargs="+",
+        choices=("daphne", "uvicorn"),
+        default=["daphne"],
+        help="the ASGI servers to run each path under, side by side; default: daphne",
     )
     parser.add_argument(
         "--backlog",
@@ -165,9 +187,19 @@ def main() -> int:
     os.environ["BENCH_ALARMS"] = json.dumps({"MAX_STREAMS_PER_USER": per_user})
     cookies, last_id = prepare(args.users)
     env = {**os.environ, "ALARMS_LOG_LEVEL": "WARNING", "PYTHONUNBUFFERED": "1"}
-    servers = [name for name in SERVERS if name in args.servers]
-    ports = {name: args.port + i for i, name in enumerate(SERVERS)}
-    processes = {name: start(name, ports[name], env, work, args.backlog) for name in servers}
+    # One process per path and server, e.g. "direct" (daphne) and "direct@uvicorn".
+    runs = {
+        (path if asgi == "daphne" else f"{path}@{asgi}"): (path, asgi)
+        for path in SERVERS
+        if path in args.servers
+        for asgi in args.asgi
+    }
+    servers = list(runs)
+    ports = {name: args.port + i for i, name in enumerate(servers)}
+    processes = {
+        name: start(name, command(*runs[name], ports[name], args.backlog), ports[name], env, work)
+        for name in servers
+    }
     database = os.environ["DATABASE_URL"].split("://")[0]
     print(f"{args.connects} connects, {args.concurrency} at a time, {database}; logs in {work}")
     rows: dict[str, list[dict]] = {name: [] for name in servers}
@@ -186,7 +218,7 @@ def main() -> int:
                     (cpu_seconds(pid) - before) * 1000 / args.connects, 2
                 )
                 rows[name].append(result)
-                print(f"round {round_} {name:7} {json.dumps(result)}", flush=True)
+                print(f"round {round_} {name:14} {json.dumps(result)}", flush=True)
     finally:
         for process in processes.values():
             process.terminate()
@@ -203,7 +235,7 @@ def main() -> int:
         p50 = statistics.median(r["p50_ms"] or 0 for r in results)
         slowest = statistics.median(r["max_ms"] or 0 for r in results)
         print(
-            f"  {name:7} {cpu:6.2f} ms CPU per connect   {wall:7.2f} s per storm   "
+            f"  {name:14} {cpu:6.2f} ms CPU per connect   {wall:7.2f} s per storm   "
             f"first bytes p50 {p50:.0f} ms, max {slowest:.0f} ms"
         )
     return 0
