@@ -80,6 +80,7 @@ def locked_write(alarm_id: int) -> None:
     from django.db import connection, transaction
 
     from alarms import journal
+    from alarms.broker import wake_local
     from alarms.models import AlarmChange
 
     with transaction.atomic():
@@ -88,28 +89,28 @@ def locked_write(alarm_id: int) -> None:
         AlarmChange.objects.bulk_create([AlarmChange(alarm_id=alarm_id, kind="alarm")])
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_notify(%s, '')", [CHANNEL])
-    transaction.on_commit(journal._wake_local_broker)
+    transaction.on_commit(wake_local)
 
 
 def plain_write(alarm_id: int) -> None:
     """The same row and NOTIFY, and nothing else."""
     from django.db import connection, transaction
 
-    from alarms import journal
+    from alarms.broker import wake_local
     from alarms.models import AlarmChange
 
     with transaction.atomic():
         AlarmChange.objects.bulk_create([AlarmChange(alarm_id=alarm_id, kind="alarm")])
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_notify(%s, '')", [CHANNEL])
-    transaction.on_commit(journal._wake_local_broker)
+    transaction.on_commit(wake_local)
 
 
 def xid3_write(alarm_id: int) -> None:
     """The transaction id, the insert and the NOTIFY as three statements."""
     from django.db import connection, transaction
 
-    from alarms import journal
+    from alarms.broker import wake_local
     from alarms.models import AlarmChange
 
     with transaction.atomic():
@@ -118,7 +119,7 @@ def xid3_write(alarm_id: int) -> None:
         AlarmChange.objects.bulk_create([AlarmChange(alarm_id=alarm_id, kind="alarm")])
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_notify(%s, '')", [CHANNEL])
-    transaction.on_commit(journal._wake_local_broker)
+    transaction.on_commit(wake_local)
 
 
 # CASE evaluates its conditions in order before its result: the transaction has
@@ -134,13 +135,13 @@ def single_write(alarm_id: int) -> None:
     from django.db import transaction
     from django.db.models.expressions import RawSQL
 
-    from alarms import journal
+    from alarms.broker import wake_local
     from alarms.models import AlarmChange
 
     with transaction.atomic():
         row = AlarmChange(id=RawSQL(SINGLE_ID, [CHANNEL]), alarm_id=alarm_id, kind="alarm")
         AlarmChange.objects.bulk_create([row])
-    transaction.on_commit(journal._wake_local_broker)
+    transaction.on_commit(wake_local)
 
 
 def journal_write(alarm_id: int) -> None:
