@@ -391,7 +391,13 @@ def main() -> int:
     from django.db import connections
 
     django.setup()
+    from django.conf import settings
+
     from alarms.models import AlarmChange
+
+    # A connection of its own for each process, made there: the demo settings' pool
+    # would open its connections here, and every writer forked after would share them.
+    settings.DATABASES["default"].get("OPTIONS", {}).pop("pool", None)
 
     server = ensure_connections(url, max(args.listeners) + sum(args.writers) + 10)
     call_command("migrate", verbosity=0)
