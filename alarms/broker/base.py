@@ -375,7 +375,14 @@ class BaseBroker:
         except BrokerFull:
             self.counters.refused_full += 1
             raise
-        sub = Subscriber(state.viewer, config["QUEUE_SIZE"], address, self.subscribers.backlog)
+        subscribers = self.subscribers
+        sub = Subscriber(
+            state.viewer,
+            config["QUEUE_SIZE"],
+            address,
+            subscribers.backlog,
+            subscribers.heartbeats,
+        )
         sub.dismissed = state.dismissed
         user_id = state.viewer.user_id
         if user_id is not None and state.session_key:
