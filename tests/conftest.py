@@ -29,14 +29,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     # programs, mail, the browser's pages); the Django 6 leg leaves them out
     # (ALARMS_TEST_ONE_DJANGO=0) and keeps the unit tests and the end-to-end tests of
     # what Django's version can change (the stream through its handler, sessions and
-    # access, runserver, CSP, the admin). A client test goes by the first rule alone.
+    # access, runserver, CSP, the admin). Tests marked "one_database" do not depend on
+    # the database (what they check sits in front of the broker and the journal: the
+    # ASGI server, the proxy, the monitoring programs, parsing a request): scripts/test
+    # runs them in one database's leg and leaves them out of the other
+    # (ALARMS_TEST_ONE_DATABASE=0). A client test goes by the first rule alone.
     client_off = os.environ.get("ALARMS_TEST_CLIENT") == "0"
     one_django_off = os.environ.get("ALARMS_TEST_ONE_DJANGO") == "0"
+    one_database_off = os.environ.get("ALARMS_TEST_ONE_DATABASE") == "0"
 
     def left_out(item: pytest.Item) -> bool:
         if "client" in item.keywords:
             return client_off
-        return one_django_off and "one_django" in item.keywords
+        return (one_django_off and "one_django" in item.keywords) or (
+            one_database_off and "one_database" in item.keywords
+        )
 
     dropped = [item for item in items if left_out(item)]
     if dropped:
