@@ -43,7 +43,16 @@ from tests.e2e.monitoring import require
 from tests.helpers import wait_for
 from tests.sse import Event, Stream
 
-pytestmark = [pytest.mark.e2e, pytest.mark.monitoring, pytest.mark.one_django]
+# one_database: these check what Alertmanager posts and resends (grouping, repeats,
+# its handling of a 429); what the webhook writes on each database (the upsert by
+# external id, the storm limit's lock) is tested in tests/test_alertmanager.py and
+# tests/test_storm.py, which run on both.
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.monitoring,
+    pytest.mark.one_django,
+    pytest.mark.one_database,
+]
 
 TRIES = int(os.environ.get("ALARMS_ALERTMANAGER_TRIES", "3"))
 BOTH = (TokenScope.PUBLISH, TokenScope.WITHDRAW)

@@ -27,7 +27,9 @@ from alarms.http_api.errors import MAX_BODY
 from alarms.models import Alarm
 from tests.e2e.conftest import Server
 
-pytestmark = [pytest.mark.e2e, pytest.mark.one_django]
+# one_database: these hold docs/api.md to what the server answers; the HTTP API on
+# each database is tested in tests/test_http_api.py, which runs on both.
+pytestmark = [pytest.mark.e2e, pytest.mark.one_django, pytest.mark.one_database]
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "api.md"
 FENCE = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```\s*$", re.MULTILINE | re.DOTALL)

@@ -20,7 +20,10 @@ from tests.e2e.conftest import ASGI_SERVERS, metric, open_stream
 from tests.helpers import en, rss_kib, wait_for
 from tests.sse import EventSource, Stream
 
-pytestmark = [pytest.mark.e2e, pytest.mark.one_django]
+# one_database: what these tests check is the server's side of a socket (flow
+# control under each ASGI server, the per-address cap, the log records), all in
+# the server process, ahead of the broker and the journal: the database changes none of it.
+pytestmark = [pytest.mark.e2e, pytest.mark.one_django, pytest.mark.one_database]
 
 ALARMS = 10
 ROUNDS = 80

@@ -26,6 +26,9 @@ from tests.e2e.browser import toast, wait_ready
 from tests.e2e.conftest import metric
 from tests.helpers import receipt, wait_for
 
+# The first two tests write receipts and resume across origins, and run on both
+# databases. The two marked one_database check what the browser and the CORS
+# middleware refuse, before any of it reaches the database.
 pytestmark = [pytest.mark.e2e, pytest.mark.browser, pytest.mark.one_django]
 
 # The Playwright fixtures, made visible to the tests of this module.
@@ -175,6 +178,7 @@ def test_a_stream_the_server_ends_resumes_across_origins(
     assert toast(page, first.pk).count() == 1
 
 
+@pytest.mark.one_database  # refused by the CORS checks; nothing is written
 def test_a_page_on_an_origin_not_listed_gets_no_stream_and_cannot_post(
     server_factory, front_end, contexts, session_cookie, make_user
 ):
@@ -237,6 +241,7 @@ def test_a_page_on_an_origin_not_listed_gets_no_stream_and_cannot_post(
     assert stored is None or stored.dismissed_at is None
 
 
+@pytest.mark.one_database  # the browser's cookie rules; the seen POST is refused unwritten
 def test_a_cross_site_page_streams_without_the_lax_session_cookie(
     server_factory, front_end, contexts, session_cookie, make_user
 ):

@@ -31,6 +31,10 @@ from tests.e2e.conftest import (
 )
 from tests.helpers import SCRIPT_TITLE, en, hostile_message
 
+# Tests marked one_database refuse or ignore input before any of it reaches the
+# database (the ASGI server's request parsing, an anonymous stream's language); the
+# others reach it (a resume's read of the journal, the rules that keep other users'
+# alarms out, text stored and read back, a user's streams) and run on both databases.
 pytestmark = [pytest.mark.e2e, pytest.mark.one_django]
 
 LANGUAGES = {"en", "ko", "ja", "ar"}
@@ -97,6 +101,8 @@ HUGE_HEADERS = {
 }
 
 
+# one_database: refused by Twisted before Django; the snapshot after it is a plain connect.
+@pytest.mark.one_database
 @pytest.mark.parametrize(("head", "expected"), HUGE_HEADERS.values(), ids=HUGE_HEADERS.keys())
 def test_huge_or_malformed_headers_are_refused_and_the_server_lives_on(
     server: Server, head: str, expected: int | None
@@ -110,6 +116,7 @@ def test_huge_or_malformed_headers_are_refused_and_the_server_lives_on(
         assert [(e.event, e.json()["id"]) for e in received(stream)] == [("alarm", alarm.pk)]
 
 
+@pytest.mark.one_database  # refused by Twisted before Django
 def test_a_request_line_of_20_kib_is_refused(server: Server) -> None:
     host = f"127.0.0.1:{server.port}"
     request = f"GET /alarms/stream/?lang={'x' * 20_000} HTTP/1.1\r\nHost: {host}\r\n\r\n"
@@ -180,6 +187,8 @@ GARBAGE_LANG = [
 ]
 
 
+# one_database: an anonymous stream's language comes from the request alone.
+@pytest.mark.one_database
 @pytest.mark.parametrize("lang", GARBAGE_LANG)
 def test_garbage_lang_parameter_is_ignored(server: Server, lang: str) -> None:
     api.send_alarm(
@@ -196,6 +205,7 @@ def test_garbage_lang_parameter_is_ignored(server: Server, lang: str) -> None:
     assert data["language"] == "ko"
 
 
+@pytest.mark.one_database  # an anonymous stream's language comes from the request alone
 @pytest.mark.parametrize(
     ("accept_language", "expected"),
     [

@@ -39,7 +39,10 @@ from tests.e2e.conftest import (
 from tests.helpers import en, wait_for
 from tests.sse import Event, Parser, Stream
 
-pytestmark = [pytest.mark.e2e, pytest.mark.nginx, pytest.mark.one_django]
+# one_database: each test checks what nginx does with daphne's responses (buffering,
+# gzip, next upstream, read timeouts, the client's address, CSRF and HTTP/2 through
+# it); delivery and receipts on each database are tested without nginx.
+pytestmark = [pytest.mark.e2e, pytest.mark.nginx, pytest.mark.one_django, pytest.mark.one_database]
 
 NGINX = Path("/usr/sbin/nginx")
 SITE = ROOT / "docs" / "nginx.conf"

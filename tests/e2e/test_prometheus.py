@@ -30,6 +30,10 @@ from tests.e2e.monitoring import (
 )
 from tests.sse import Stream
 
+# The first test runs on both databases: it reads the PostgreSQL listener's series
+# (alarms_listener_up), which only PostgresBroker has. The others are marked
+# one_database: a refused scrape, the rules' evaluation and promtool's checks do not
+# depend on the database.
 pytestmark = [pytest.mark.monitoring, pytest.mark.one_django]
 
 TOKEN = "prom-t0ken"
@@ -120,6 +124,7 @@ def test_prometheus_reads_each_process_for_itself(
 
 
 @pytest.mark.e2e
+@pytest.mark.one_database
 @pytest.mark.django_db(transaction=True)  # the servers' database
 def test_a_wrong_token_is_a_failed_scrape(
     servers: tuple[Server, Server], prometheus: Prometheus
@@ -140,6 +145,7 @@ def test_a_wrong_token_is_a_failed_scrape(
 
 
 @pytest.mark.e2e
+@pytest.mark.one_database
 @pytest.mark.django_db(transaction=True)  # the servers' database
 def test_the_alert_rules_run_on_the_real_series(
     servers: tuple[Server, Server], prometheus: Prometheus
@@ -167,18 +173,21 @@ def test_the_alert_rules_run_on_the_real_series(
     prometheus.wait_for_query(near, {})
 
 
+@pytest.mark.one_database
 def test_promtool_checks_the_alert_rules() -> None:
     result = promtool("check", "rules", ALERT_RULES)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
 
 
+@pytest.mark.one_database
 def test_promtool_unit_tests_the_alert_rules() -> None:
     result = promtool("test", "rules", ALERT_TESTS)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
 
 
+@pytest.mark.one_database
 def test_promtool_checks_the_scrape_config(tmp_path: Path) -> None:
     # As shipped but for its token file, which must exist (promtool opens it).
     token = tmp_path / "token"

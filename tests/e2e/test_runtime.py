@@ -15,7 +15,9 @@ import pytest
 from tests.e2e.conftest import Server
 from tests.helpers import thread_count
 
-pytestmark = pytest.mark.one_django
+# one_database: the hook lets Django's ASGI handler's per-request thread go; the
+# threads a stream holds do not depend on the database behind it.
+pytestmark = [pytest.mark.one_django, pytest.mark.one_database]
 
 #: Streams held open at once. Without the hook each holds an idle OS thread.
 STREAMS = 1000
