@@ -223,9 +223,10 @@ def _end_sessions(application_name: str, timeout: float) -> None:
 
 #: The ASGI servers the app is tested under (docs/deployment.md says which for what).
 KNOWN_ASGI_SERVERS = ("daphne", "uvicorn", "hypercorn")
-#: Those the server-parametrised tests run under in this run: all of them, unless
+#: Those the stream tests run under in this run: all of them, unless
 #: ALARMS_TEST_ASGI_SERVERS names some (scripts/test runs the others in one leg only:
-#: the server, not the database, is what they vary).
+#: the server, not the database, is what they vary). The backpressure test, which
+#: runs in one leg anyway (one_database), takes all of them.
 ASGI_SERVERS = tuple(
     name
     for name in os.environ.get("ALARMS_TEST_ASGI_SERVERS", ",".join(KNOWN_ASGI_SERVERS)).split(",")
