@@ -605,12 +605,13 @@ def main() -> int:
         )
     with_redis = any(mode in REDIS_MODES for mode in args.modes)
     if with_redis:
-        if not args.redis_server or not os.access(args.redis_server, os.X_OK):
+        if not args.redis_server:
             sys.exit(
-                f"the redis mode needs redis-server, and {args.redis_server or 'none'} was "
-                "found: install it (Debian: apt-get install redis-server), or pass "
-                "--redis-server PATH"
+                "the redis mode needs redis-server and none is on PATH: install it "
+                "(Debian: apt-get install redis-server), or pass --redis-server PATH"
             )
+        if not os.access(args.redis_server, os.X_OK):
+            sys.exit(f"--redis-server {args.redis_server}: no such program")
         try:
             import redis  # noqa: F401
         except ImportError:
