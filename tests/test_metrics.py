@@ -304,6 +304,7 @@ def test_values_are_the_brokers(run: Runner) -> None:
             "closed_session_expired": 21,
             "reauthorised": 22,
             "closed_preferences": 23,
+            "redis_wakes": 24,
         }
         for name, value in counted.items():
             setattr(broker.counters, name, value)
@@ -339,6 +340,7 @@ def test_values_are_the_brokers(run: Runner) -> None:
             ("alarms_events_delivered_total", ()): 19,
             ("alarms_reads_total", ()): 14,
             ("alarms_notifications_total", ()): 15,
+            ("alarms_redis_wakes_total", ()): 24,
             ("alarms_users_reauthorised_total", ()): 22,
             (closed, (("reason", "slow"),)): 1,
             (closed, (("reason", "replaced"),)): 1,
