@@ -15,8 +15,9 @@ really holds, and on PostgreSQL whether its listener is up. A broker that does
 not start reports ``alarms_broker_running 0`` and leaves out what only a
 running broker knows (``alarms_journal_position``, ``alarms_alarms_current``),
 rather than a 0. ``alarms_broker_lag_seconds`` is left out until a read has
-found journal rows, and ``alarms_listener_up`` where there is no listener
-(``MemoryBroker``).
+found journal rows, ``alarms_listener_up`` where there is no listener
+(``MemoryBroker``), and ``alarms_redis_subscribed`` where nothing subscribes
+(no ``WAKE_URL``).
 """
 
 from __future__ import annotations
@@ -108,6 +109,13 @@ class BrokerCollector:
                 "alarms_listener_up",
                 "1 while the broker listens for NOTIFY on its PostgreSQL connection.",
                 int(bool(listener["ok"])),
+            )
+        redis = broker.health().get("redis")
+        if redis is not None:
+            yield gauge(
+                "alarms_redis_subscribed",
+                "1 while the broker is subscribed to its wake-ups on Redis (WAKE_URL).",
+                int(bool(redis["subscribed"])),
             )
         if timings.lag_seconds is not None:
             yield gauge(

@@ -95,6 +95,7 @@ def test_processes_are_woken_through_redis_and_not_by_notify(
     assert metric(two, "alarms_redis_wakes_total") >= 1
     assert metric(two, "alarms_notifications_total") == 0
     assert health(two)["checks"]["redis"] == {"ok": True, "subscribed": True}
+    assert metric(two, "alarms_redis_subscribed") == 1
 
 
 def test_a_writer_that_cannot_publish_wakes_by_notify(
@@ -107,7 +108,9 @@ def test_a_writer_that_cannot_publish_wakes_by_notify(
         stream.opened()
         redis_server.stop()
         wait_for(lambda: not subscribed(server), 15, "the server sees Redis gone")
-        assert health(server)["status"] == "degraded"
+        # Delivery goes on, so the process stays in rotation; the gauge tells.
+        assert health(server)["status"] == "ok"
+        assert metric(server, "alarms_redis_subscribed") == 0
         server.manage("send_alarm", "--translation", "en", "Redis down", "Woken by NOTIFY")
         assert stream.next_event(10).json()["title"] == "Redis down"
         assert watch.notified() >= 1
