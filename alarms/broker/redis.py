@@ -71,7 +71,7 @@ def url_problem(url: Any) -> str | None:
     try:
         import redis  # noqa: F401
     except ImportError:
-        return "needs the redis package (pip install 'django-live-alarms[redis]')"
+        return "needs the redis package (the app's \"redis\" extra: pip install '.[redis]')"
     return None
 
 
