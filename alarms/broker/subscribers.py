@@ -206,21 +206,19 @@ class Subscriber:
             loop = asyncio.get_running_loop()
             waiter = self._waiter = loop.create_future()
             heartbeats = self.heartbeats
+            timer = None
             if heartbeats is not None and within >= heartbeats.SHORT:
                 heartbeats.add(self, loop, within)
-                try:
-                    await waiter
-                finally:
-                    self._waiter = None
             else:
                 if heartbeats is not None:
                     heartbeats.discard(self)  # a longer wait's tick must not end this one
                 timer = loop.call_later(within, _resolve, waiter)
-                try:
-                    await waiter
-                finally:
+            try:
+                await waiter
+            finally:
+                if timer is not None:
                     timer.cancel()
-                    self._waiter = None
+                self._waiter = None
         if not self._queue:
             return None
         chunks, self._queue = self._queue, []
