@@ -15,7 +15,9 @@ SECURE_SSL_REDIRECT = False
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    # Wall-clock stamps, so a run's server logs line up with the client's clock.
+    "formatters": {"stamped": {"format": "%(created).3f %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "stamped"}},
     "loggers": {
         "alarms.broker": {"handlers": ["console"], "level": "INFO"},
         # A 500 in a run must leave its traceback in the server's log.

@@ -100,10 +100,11 @@ def children(pid: int) -> list[int]:
 
 def percentiles(values: list[float]) -> dict[str, float | None]:
     if not values:
-        return {"p50_ms": None, "p99_ms": None, "max_ms": None}
+        return {"min_ms": None, "p50_ms": None, "p99_ms": None, "max_ms": None}
     ordered = sorted(values)
     p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
     return {
+        "min_ms": round(ordered[0] * 1000, 1),
         "p50_ms": round(statistics.median(ordered) * 1000, 1),
         "p99_ms": round(p99 * 1000, 1),
         "max_ms": round(ordered[-1] * 1000, 1),
@@ -545,6 +546,10 @@ async def scenario(
     result["dismiss_other_stream"] = to_stream(seconds)
     result["dismiss_own_stream"] = to_stream([s for s in client.streams if not s.second])
     arrivals = [s.alarms[token2] for s in client.streams if token2 in s.alarms]
+    by_process: dict[str, list[float]] = {}
+    for s in client.streams:
+        if token2 in s.alarms:
+            by_process.setdefault(s.upstream, []).append(s.alarms[token2])
     if "error" in mid:
         result["mid_alarm"] = {"error": mid["error"], "delivered": 0, "of": everyone}
     else:
@@ -554,6 +559,13 @@ async def scenario(
             "of": everyone,
             "launch_to_commit_ms": round((mid["committed"] - mid["launched"]) * 1000, 1),
             "commit_after_start_s": round(mid["committed"] - storm_start, 2),
+            # To line the servers' stamped logs up with the commit.
+            "committed_at": mid["committed"],
+            # Which process's streams were late: the fan-out's or the machine's share.
+            "by_process": {
+                upstream: percentiles([a - mid["committed"] for a in times])
+                for upstream, times in sorted(by_process.items())
+            },
         }
     busy = machine_after[0] - machine_before[0]
     total = machine_after[1] - machine_before[1]
@@ -609,7 +621,7 @@ def run_tree(
         "DJANGO_DEBUG": "0",
         "ALARMS_LOG_LEVEL": "WARNING",
         "PYTHONUNBUFFERED": "1",
-        "BENCH_ALARMS": json.dumps({"MAX_STREAMS_PER_USER": 10}),
+        "BENCH_ALARMS": json.dumps({"MAX_STREAMS_PER_USER": 10, **json.loads(args.alarms)}),
     }
     env.pop("PYTHONPATH", None)
     out = work / f"sessions-{index}.json"
@@ -736,6 +748,11 @@ def main() -> int:
         default=400,
         help="dismiss POSTs in flight at most (each holds a socket here and a database "
         "connection in the server); default: %(default)s",
+    )
+    parser.add_argument(
+        "--alarms",
+        default="{}",
+        help="JSON merged into the servers' ALARMS, e.g. '{\"RECEIPT_THREADS\": 1}'",
     )
     parser.add_argument("--settle", type=float, default=5.0, help="seconds after opening")
     parser.add_argument("--timeout", type=float, default=180.0, help="seconds per wait")
