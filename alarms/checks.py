@@ -91,6 +91,14 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
                     f"ALARMS[{key!r}] must be 0 or more seconds, not {value!r}.", id="alarms.E004"
                 )
             )
+    nice = config["RECEIPTS_NICE"]
+    if isinstance(nice, bool) or not isinstance(nice, int) or not 0 <= nice <= 19:
+        messages.append(
+            Error(
+                f"ALARMS['RECEIPTS_NICE'] must be a whole number from 0 to 19, not {nice!r}.",
+                id="alarms.E004",
+            )
+        )
     for key in ("DB_THREADS", "RECEIPT_THREADS"):
         value = config[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:

@@ -52,6 +52,11 @@ DEFAULTS: dict[str, Any] = {
     # every stream to take it: a dismissal can be recorded a moment later, an
     # alarm must be shown now (0: never wait).
     "RECEIPTS_YIELD": 2.0,
+    # How much lower the CPU priority of those receipts' threads is (a nice value
+    # added, Linux only): where cores are busy, the streams' loop, the proxy and
+    # the other processes' deliveries go first; an idle core still runs them at
+    # once (0: the process's own priority).
+    "RECEIPTS_NICE": 10,
     # Seconds the cyclic garbage collector waits after a broadcast starts, so
     # that a full collection does not land among thousands of writes (0: off).
     "GC_PAUSE": 2.0,

@@ -58,7 +58,10 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import os
+import sys
 import tempfile
+import threading
 import weakref
 from collections.abc import AsyncGenerator, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -178,6 +181,25 @@ class _Route:
             self.language = None
 
 
+def lower_priority(nice: int) -> None:
+    """Lower the calling thread's CPU priority by ``nice`` (``RECEIPTS_NICE``).
+
+    Under a dismissal storm every core is busy, and a broadcast's delivery (this
+    loop's, the other processes', the proxy's) would wait its turn behind the
+    receipts: with them niced, the kernel runs delivery first, and the receipts
+    still get any core nobody else wants. Linux keeps a nice value per thread;
+    elsewhere ``setpriority`` would renice the process, so this does nothing.
+    """
+    if nice <= 0 or not sys.platform.startswith("linux"):
+        return
+    thread = threading.get_native_id()
+    try:
+        now = os.getpriority(os.PRIO_PROCESS, thread)
+        os.setpriority(os.PRIO_PROCESS, thread, min(19, now + nice))
+    except OSError as exc:  # a sandbox that forbids it: run at the process's priority
+        logger.warning("RECEIPTS_NICE: could not lower a receipts' thread's priority: %s", exc)
+
+
 def _no_chain(request: HttpRequest) -> HttpResponseBase:
     """The get_response of the middleware above: only their hooks are called, never it."""
     raise NotImplementedError
@@ -191,8 +213,14 @@ class _Receipts:
         # Django's synchronous chain, as a WSGI handler loads it.
         self.handler = BaseHandler()
         self.handler.load_middleware(is_async=False)
-        self.threads = int(get_config()["RECEIPT_THREADS"])
-        self.executor = ThreadPoolExecutor(self.threads, thread_name_prefix="alarms-receipts")
+        config = get_config()
+        self.threads = int(config["RECEIPT_THREADS"])
+        self.executor = ThreadPoolExecutor(
+            self.threads,
+            thread_name_prefix="alarms-receipts",
+            initializer=lower_priority,
+            initargs=(int(config["RECEIPTS_NICE"]),),
+        )
         # Admission on the loop, one per loop (a semaphore is bound to its loop):
         # a receipt takes a thread only when one is free, so that the check for
         # a broadcast in delivery comes just before it runs, not before it queues.

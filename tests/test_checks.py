@@ -77,6 +77,7 @@ BAD_THREAD_COUNTS = (0, -1, 1.5, "2", True)  # a whole number, 1 or more
     [
         *((key, value) for key in ("GC_PAUSE", "RECEIPTS_YIELD") for value in BAD_WAITS),
         *((key, value) for key in ("DB_THREADS", "RECEIPT_THREADS") for value in BAD_THREAD_COUNTS),
+        *(("RECEIPTS_NICE", value) for value in (-1, 20, 2.5, "10", True, None)),
     ],
 )
 def test_e004_bad_waits_and_thread_counts(key: str, value: Any) -> None:
@@ -90,6 +91,12 @@ def test_e004_bad_waits_and_thread_counts(key: str, value: Any) -> None:
 @override_settings(ALARMS={"DB_THREADS": 3, "RECEIPT_THREADS": 8})
 def test_thread_counts_that_are_whole_numbers_pass() -> None:
     assert "alarms.E004" not in ids()
+
+
+@pytest.mark.parametrize("nice", (0, 19))
+def test_nice_values_from_0_to_19_pass(nice: int) -> None:
+    with override_settings(ALARMS={"RECEIPTS_NICE": nice}):
+        assert "alarms.E004" not in ids()
 
 
 @override_settings(ALARMS={"BROKER": "alarms.broker.postgres.PostgresBroker"})
