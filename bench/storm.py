@@ -602,7 +602,7 @@ def server_command(server: str, python: str, port: int) -> list[str]:
     return [
         python, "-m", "uvicorn", "--host", "127.0.0.1", "--port", str(port),
         "--lifespan", "off", "--no-access-log", "--log-level", "warning",
-        "--backlog", "4096", app,
+        "--backlog", "4096", "--timeout-keep-alive", "75", app,
     ]  # fmt: skip
 
 

@@ -82,6 +82,9 @@ def upstream_block(ports: Sequence[int]) -> str:
     assert found, f"no upstream alarms_app block in {SITE}"
     block = found.group(0)
     assert "keepalive" in block
+    # Idle upstream connections close before uvicorn's or hypercorn's 5 s (deployment.md).
+    idle = re.search(r"^\s*keepalive_timeout (\d+)s;", block, re.M)
+    assert idle and int(idle.group(1)) < 5, "the upstream must close idle connections within 5 s"
     servers = "".join(f"    server 127.0.0.1:{port};\n" for port in ports)
     block, count = re.subn(r"(?m)^    server 127\.0\.0\.1:\d+;\n", "", block)
     assert count, "the upstream block lists no daphne"
