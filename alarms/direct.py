@@ -40,9 +40,10 @@ one worker thread, where Django's ASGI handler hops to a thread and back for
 each hook of each ``MiddlewareMixin`` middleware (16 hops a dismissal with the
 demo's chain: 13.5 ms of CPU against 9, ``docs/performance.md``). The signals
 run as under any handler. At most ``ALARMS["RECEIPT_THREADS"]`` receipts a
-process run at once; the rest wait their turn on the event loop without
-holding a database connection, and while a broadcast is being delivered to
-this process's streams the next receipt waits for it (at most
+process run at once, in threads at a lower CPU priority
+(``ALARMS["RECEIPTS_NICE"]``); the rest wait their turn on the event loop
+without holding a database connection, and while a broadcast is being
+delivered to this process's streams the next receipt waits for it (at most
 ``ALARMS["RECEIPTS_YIELD"]`` seconds): showing an alarm goes first.
 
 The ``request_started``/``request_finished`` signals do not run for a stream on
