@@ -60,11 +60,13 @@ async def wait_until(condition: Callable[[], bool], what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def run(yield_seconds: float) -> tuple[bool, int, bytes, int]:
+def run(yield_seconds: float, stays_held: bool = False) -> tuple[bool, Any, Any, int]:
     """Post a dismissal while an alarm waits, undelivered, in a stream's queue.
 
     Returns: whether the stream had been let go (and so took the alarm) when the
-    receipt was answered, its status and body, and the dismissals saved.
+    receipt was answered, its status and body, and the dismissals saved. With
+    ``stays_held``, the receipt is given a second after the stream took the
+    alarm, then given up (status and body None when it was not answered).
     """
     reader = get_user_model().objects.create_user("rhea", password="pw")
     alarm = api.send_alarm(en("First"), users=[reader])
@@ -110,9 +112,16 @@ def run(yield_seconds: float) -> tuple[bool, int, bytes, int]:
         # (however slow the machine); with one, not before the stream is let go.
         await asyncio.wait([receipt], timeout=0.5 if yield_seconds else 20)
         socket_free.set()
-        await asyncio.wait_for(receipt, 20)
-        outcome["status"] = answer[0]["status"]
-        outcome["body"] = answer[1]["body"]
+        if stays_held:
+            await wait_until(lambda: backlog.count == 0, "the stream to take the alarm")
+            await asyncio.wait([receipt], timeout=1.0)
+            outcome.setdefault("let_go", True)
+            receipt.cancel()
+            await asyncio.gather(receipt, return_exceptions=True)
+        else:
+            await asyncio.wait_for(receipt, 20)
+        outcome["status"] = answer[0]["status"] if answer else None
+        outcome["body"] = answer[1]["body"] if len(answer) > 1 else None
         stream.cancel()
         await asyncio.gather(stream, return_exceptions=True)
 
@@ -170,3 +179,35 @@ def test_the_backlog_counts_streams_holding_untaken_events() -> None:
         assert backlog.count == 1
 
     asyncio.run(test())
+
+
+def test_a_receipt_waits_for_the_hold_after_the_streams_took_it() -> None:
+    held = BaseBroker.receipts_hold_per_stream
+    BaseBroker.receipts_hold_per_stream = 30.0  # one stream: held 30 s, past the test's wait
+    try:
+        let_go, status, body, saved = run(yield_seconds=60, stays_held=True)
+    finally:
+        BaseBroker.receipts_hold_per_stream = held
+
+    # The stream took the alarm, and the receipt still waited: not answered, not recorded.
+    assert let_go
+    assert (status, body, saved) == (None, None, 0)
+
+
+def test_holds_grow_with_the_streams_and_leave_the_receipts_half_the_time() -> None:
+    broker = BaseBroker()
+    per = broker.receipts_hold_per_stream
+
+    broker.hold_receipts(100.0, 1000, most=2.0)
+    assert broker._hold_until == pytest.approx(100.0 + 1000 * per)
+    broker.hold_receipts(100.1, 1000, most=2.0)  # a second alarm while held: longer
+    assert broker._hold_until == pytest.approx(100.0 + 2000 * per)
+    broker.hold_receipts(100.0, 10**6, most=2.0)  # never past RECEIPTS_YIELD
+    assert broker._hold_until == pytest.approx(102.0)
+    # After a 2 s hold, none for the next 2 s; then a new one.
+    broker.hold_receipts(103.5, 1000, most=2.0)
+    assert broker._hold_until == pytest.approx(102.0)
+    broker.hold_receipts(104.0, 1000, most=2.0)
+    assert broker._hold_until == pytest.approx(104.0 + 1000 * per)
+    broker.hold_receipts(110.0, 1000, most=0.0)  # RECEIPTS_YIELD 0: none
+    assert broker._hold_until == pytest.approx(110.0)
