@@ -49,8 +49,9 @@ DEFAULTS: dict[str, Any] = {
     # fan-out quick under a dismissal storm; more answers the storm sooner.
     "RECEIPT_THREADS": 2,
     # Seconds at most a receipt waits, after an alarm was queued to streams, for
-    # every stream to take it: a dismissal can be recorded a moment later, an
-    # alarm must be shown now (0: never wait).
+    # every stream to take it and then for the proxy and clients to be given it
+    # (0.5 ms per stream): a dismissal can be recorded a moment later, an alarm
+    # must be shown now (0: never wait).
     "RECEIPTS_YIELD": 2.0,
     # How much lower the CPU priority of those receipts' threads is (a nice value
     # added, Linux only): where cores are busy, the streams' loop, the proxy and
