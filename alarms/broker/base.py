@@ -320,9 +320,9 @@ class BaseBroker:
         queued = fanout.alarm_changed(self.subscribers.all, old, new, now, event_id)
         self.counters.events += queued
         if queued and self.loop is not None:
-            now, most = self.loop.time(), float(self.config["RECEIPTS_YIELD"])
-            self._delivering_until = now + most
-            self.hold_receipts(now, queued, most)
+            at, most = self.loop.time(), float(self.config["RECEIPTS_YIELD"])
+            self._delivering_until = at + most
+            self.hold_receipts(at, queued, most)
 
     def hold_receipts(self, now: float, streams: int, most: float) -> None:
         """Hold the receipts back for a broadcast to ``streams`` more streams.
