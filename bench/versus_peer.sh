@@ -8,6 +8,8 @@
 # CLIENT: the ssebench load client; PEERS_DIR: the folder with its run_peer.sh; PEER_PYTHON:
 # a Python with the peer's packages (see that folder's README). N defaults to 5000.
 # Results are appended as JSON lines to bench/results/versus_peer.jsonl.
+# SERVERS="daphne uvicorn" runs the direct path under each (default: daphne); Django's path
+# runs under daphne. APPS="direct" leaves Django's path out.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 CLIENT="${1:?the ssebench load client}"
@@ -23,12 +25,22 @@ export DJANGO_SETTINGS_MODULE=bench.settings DJANGO_DEBUG=0
 export DJANGO_SECRET_KEY="bench-only-$(printf 'x%.0s' {1..50})"
 .venv/bin/python manage.py migrate -v 0
 trigger=".venv/bin/python bench/trigger.py {token}"
-for app in config.asgi:application bench.asgi:django; do
-    label=ours-direct
-    [ "$app" = bench.asgi:django ] && label=ours-django
+runs=()
+for server in ${SERVERS:-daphne}; do runs+=("$server config.asgi:application ours-direct"); done
+[ "${APPS:-direct django}" = direct ] || runs+=("daphne bench.asgi:django ours-django")
+for run in "${runs[@]}"; do
+    read -r server app label <<<"$run"
+    if [ "$server" = uvicorn ]; then
+        # As docs/deployment.md runs it.
+        cmd=".venv/bin/python -m uvicorn --host 127.0.0.1 --port 8301 --lifespan off"
+        cmd="$cmd --no-access-log --log-level warning --backlog 4096 $app"
+        label="$label-uvicorn"
+    else
+        cmd=".venv/bin/python -m daphne -b 127.0.0.1 -p 8301 $app"
+    fi
     .venv/bin/python "$CLIENT" --label "$label" -n "$N" --window 20 --connect-rate $((N / 5)) \
         --url http://127.0.0.1:8301/alarms/stream/ --server-cwd "$PWD" \
-        --server-cmd ".venv/bin/python -m daphne -b 127.0.0.1 -p 8301 $app" \
+        --server-cmd "$cmd" \
         --server-env "DATABASE_URL=$DATABASE_URL" --server-env ALARMS_LOG_LEVEL=WARNING \
         --trigger "$trigger" --trigger "$trigger" --trigger "$trigger" --trigger-wait 15 \
         --json-out "$OUT"
