@@ -57,6 +57,24 @@ def exposition(broker: BaseBroker) -> bytes:
     return generate_latest(registry)
 
 
+#: Gauges read from the broker's own health checks, where it has them: the
+#: check, its key, and the gauge's name and help.
+HEALTH_GAUGES = (
+    (
+        "listener",
+        "ok",
+        "alarms_listener_up",
+        "1 while the broker listens for NOTIFY on its PostgreSQL connection.",
+    ),
+    (
+        "redis",
+        "subscribed",
+        "alarms_redis_subscribed",
+        "1 while the broker is subscribed to its wake-ups on Redis (WAKE_URL).",
+    ),
+)
+
+
 class BrokerCollector:
     """A ``prometheus_client`` collector: the broker's state, read at each scrape."""
 
@@ -103,20 +121,10 @@ class BrokerCollector:
                 "Last change journal row the broker has read.",
                 broker.head,
             )
-        listener = broker.health().get("listener")
-        if listener is not None:
-            yield gauge(
-                "alarms_listener_up",
-                "1 while the broker listens for NOTIFY on its PostgreSQL connection.",
-                int(bool(listener["ok"])),
-            )
-        redis = broker.health().get("redis")
-        if redis is not None:
-            yield gauge(
-                "alarms_redis_subscribed",
-                "1 while the broker is subscribed to its wake-ups on Redis (WAKE_URL).",
-                int(bool(redis["subscribed"])),
-            )
+        checks = broker.health()
+        for check, key, name, documentation in HEALTH_GAUGES:
+            if check in checks:
+                yield gauge(name, documentation, int(bool(checks[check][key])))
         if timings.lag_seconds is not None:
             yield gauge(
                 "alarms_broker_lag_seconds",
