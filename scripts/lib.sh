@@ -42,6 +42,15 @@ apt_install() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@"
 }
 
+stop_services() {
+    # stop_services NAME... : disable and stop system services a package just
+    # started; the tests run their own (nginx on port 80 would be in the way).
+    local service
+    for service in "$@"; do
+        systemctl disable --now "$service" >/dev/null 2>&1 || service "$service" stop >/dev/null 2>&1 || true
+    done
+}
+
 python_at_least() {
     # python_at_least INTERPRETER MINOR : true if INTERPRETER runs and is Python >= 3.MINOR.
     "$1" -c "import sys; sys.exit(0 if sys.version_info >= (3, $2) else 1)" >/dev/null 2>&1
