@@ -1,11 +1,13 @@
-"""Real servers for end-to-end tests: daphne processes on free ports, on the test database."""
+"""Real servers for end-to-end tests: ASGI server processes on free ports, on the test database."""
 
 from __future__ import annotations
 
+import configparser
 import http.client
 import json
 import os
 import random
+import shlex
 import signal
 import socket
 import subprocess
@@ -268,7 +270,7 @@ class Server:
         self.application = application
         self.extra_env = env or {}
         self.process: subprocess.Popen[bytes] | None = None
-        self.log = ARTIFACTS / f"daphne-{self.port}.log"
+        self.log = ARTIFACTS / f"{asgi_server}-{self.port}.log"
         # The log file is named by port and appended to: this server's part starts here.
         self.log_start = self.log.stat().st_size if self.log.exists() else 0
 
@@ -345,12 +347,51 @@ class Server:
         )
 
 
+#: The systemd unit of docs/deployment.md, whose ExecStart line :class:`Unit` runs.
+UNIT_FILE = ROOT / "docs" / "alarms@.service"
+
+
+def unit_service() -> configparser.SectionProxy:
+    """The ``[Service]`` section of the shipped systemd unit."""
+    parser = configparser.ConfigParser(interpolation=None, strict=True)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]  # keys are case-sensitive
+    parser.read_string(UNIT_FILE.read_text())
+    return parser["Service"]
+
+
+def unit_exec_start(port: int, extra_args: Sequence[str] = ()) -> list[str]:
+    """The unit's ExecStart line as this test run can run it.
+
+    Its server from this virtualenv (``python -m``), ``%i`` the port, and
+    ``extra_args`` before the application, the line's last argument.
+    """
+    program, *args = shlex.split(unit_service()["ExecStart"])
+    *options, app = (a.replace("%i", str(port)) for a in args)
+    return [sys.executable, "-m", Path(program).name, *options, *extra_args, app]
+
+
+class Unit(Server):
+    """A server started by the shipped systemd unit's ExecStart line.
+
+    What a deployment runs, rather than the harness's own command line: the
+    deployment and nginx tests serve through it.
+    """
+
+    def __init__(self, alarms: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        program = Path(shlex.split(unit_service()["ExecStart"])[0]).name
+        super().__init__(alarms, **kwargs, asgi_server=program)
+
+    def command(self) -> list[str]:
+        return unit_exec_start(self.port, self.extra_args)
+
+
 class ServerFactory:
     """Starts :class:`Server` processes for one test, and kills what is left at its end.
 
     ``server_factory(settings=..., application=..., env=..., extra_args=..., asgi_server=...,
-    **alarms)``:
-    the keywords of :class:`Server`; any other keyword is a key of its ALARMS.
+    unit=..., **alarms)``:
+    the keywords of :class:`Server`; ``unit=True`` starts a :class:`Unit` (its server is the
+    unit's, ``asgi_server`` unused); any other keyword is a key of its ALARMS.
     """
 
     def __init__(self) -> None:
@@ -364,15 +405,17 @@ class ServerFactory:
         application: str = "config.asgi:application",
         env: dict[str, str] | None = None,
         asgi_server: str = "daphne",
+        unit: bool = False,
         **alarms: Any,
     ) -> Server:
-        server = Server(
-            alarms,
-            extra_args=extra_args,
-            settings=settings,
-            application=application,
-            env=env,
-            asgi_server=asgi_server,
+        options: dict[str, Any] = {
+            "extra_args": extra_args,
+            "settings": settings,
+            "application": application,
+            "env": env,
+        }
+        server = (
+            Unit(alarms, **options) if unit else Server(alarms, **options, asgi_server=asgi_server)
         )
         self.started.append(server)
         return server.start()

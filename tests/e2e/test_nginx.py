@@ -1,8 +1,9 @@
-"""nginx in front of daphne, configured by the very lines of docs/: real nginx, real daphne.
+"""nginx in front of the app, configured by the very lines of docs/: real nginx, real servers.
 
 Each test runs its own nginx (as the current user, on free ports, everything in
 a temporary directory) with the ``upstream`` block of docs/nginx.conf, its
-server lines pointed at the test's daphne processes, and a minimal ``server``
+server lines pointed at the test's server processes, each started by the
+systemd unit's ExecStart line (docs/alarms@.service), and a minimal ``server``
 block that includes docs/nginx-alarms-locations.conf. Where a test changes a
 line of the snippet's stream location (a shorter read timeout, buffering turned
 back on), it names the line it replaces, which must be there exactly once.
@@ -39,7 +40,7 @@ from tests.e2e.conftest import (
 from tests.helpers import en, wait_for
 from tests.sse import Event, Parser, Stream
 
-# one_database: each test checks what nginx does with daphne's responses (buffering,
+# one_database: each test checks what nginx does with the server's responses (buffering,
 # gzip, next upstream, read timeouts, the client's address, CSRF and HTTP/2 through
 # it); delivery and receipts on each database are tested without nginx.
 pytestmark = [pytest.mark.e2e, pytest.mark.nginx, pytest.mark.one_django, pytest.mark.one_database]
@@ -47,7 +48,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.nginx, pytest.mark.one_django, pytest
 NGINX = Path("/usr/sbin/nginx")
 SITE = ROOT / "docs" / "nginx.conf"
 LOCATIONS = ROOT / "docs" / "nginx-alarms-locations.conf"
-PROXY_HEADERS = ["--proxy-headers"]
 
 # Changes to lines of the snippet's stream location: (line, replacement).
 BUFFERING_ON = ("    proxy_buffering off;\n", "    proxy_buffering on;\n")
@@ -77,7 +77,7 @@ def require(path: Path | str | None, what: str) -> str:
 
 
 def upstream_block(ports: Sequence[int]) -> str:
-    """docs/nginx.conf's ``upstream alarms_app``, serving the given daphne ports instead."""
+    """docs/nginx.conf's ``upstream alarms_app``, serving the given server ports instead."""
     found = re.search(r"^upstream alarms_app \{\n.*?^\}\n", SITE.read_text(), re.M | re.S)
     assert found, f"no upstream alarms_app block in {SITE}"
     block = found.group(0)
@@ -87,7 +87,7 @@ def upstream_block(ports: Sequence[int]) -> str:
     assert idle and int(idle.group(1)) < 5, "the upstream must close idle connections within 5 s"
     servers = "".join(f"    server 127.0.0.1:{port};\n" for port in ports)
     block, count = re.subn(r"(?m)^    server 127\.0\.0\.1:\d+;\n", "", block)
-    assert count, "the upstream block lists no daphne"
+    assert count, "the upstream block lists no server"
     return block.replace("{\n", "{\n" + servers, 1)
 
 
@@ -200,7 +200,7 @@ def broadcast(title: str) -> Any:
 
 
 def warm_up(server: Server) -> None:
-    """Open and close a stream straight to daphne, which starts its broker.
+    """Open and close a stream straight to the server, which starts its broker.
 
     nginx's read timeout also bounds the wait for the response head: a short one
     must not take in the broker's start (database connections, LISTEN).
@@ -258,12 +258,12 @@ def test_the_whole_example_is_valid_nginx(tmp_path):
 
 
 # ---------------------------------------------------------------------------
-# Delivery: events pass nginx as daphne writes them
+# Delivery: events pass nginx as the server writes them
 # ---------------------------------------------------------------------------
 
 
 def test_alarms_arrive_through_nginx_while_the_streams_stay_open(server_factory, nginx_factory):
-    servers = [server_factory(extra_args=PROXY_HEADERS, METRICS_TOKEN="t0ken") for _ in range(2)]
+    servers = [server_factory(unit=True, METRICS_TOKEN="t0ken") for _ in range(2)]
     nginx = nginx_factory(servers)
     # A browser asks for gzip; the stream must come back uncompressed all the same.
     streams = [Stream(nginx.stream_url, headers={"Accept-Encoding": "gzip"}) for _ in range(2)]
@@ -286,9 +286,20 @@ def test_alarms_arrive_through_nginx_while_the_streams_stay_open(server_factory,
 
 
 def test_control_without_gzip_off_the_stream_is_compressed(server_factory, nginx_factory):
-    nginx = nginx_factory([server_factory(extra_args=PROXY_HEADERS)], edits=[GZIP_LEFT_ON])
+    nginx = nginx_factory([server_factory(unit=True)], edits=[GZIP_LEFT_ON])
     with Stream(nginx.stream_url, headers={"Accept-Encoding": "gzip"}) as stream:
         assert stream.headers.get("Content-Encoding") == "gzip"
+
+
+def unchunked(server_factory: Callable[..., Server], **alarms: Any) -> Server:
+    """daphne, which answers nginx's HTTP/1.0 without chunks, as a 1.0 server must.
+
+    The unit's uvicorn answers HTTP/1.0 with HTTP/1.1 chunks, whose each one a
+    buffering nginx passes on at once: behind it the two safeguards below are a
+    second line. They matter in front of a server that keeps to HTTP/1.0, so
+    these tests run one.
+    """
+    return server_factory(extra_args=["--proxy-headers"], **alarms)
 
 
 @pytest.mark.parametrize(
@@ -300,8 +311,8 @@ def test_control_without_gzip_off_the_stream_is_compressed(server_factory, nginx
 )
 def test_either_safeguard_alone_keeps_events_flowing(server_factory, nginx_factory, edits):
     # The view's X-Accel-Buffering header and the snippet's proxy_buffering off
-    # each suffice, even over nginx's default HTTP/1.0 to daphne.
-    nginx = nginx_factory([server_factory(extra_args=PROXY_HEADERS)], edits=edits)
+    # each suffice, even over nginx's default HTTP/1.0 to the server.
+    nginx = nginx_factory([unchunked(server_factory)], edits=edits)
     with Stream(nginx.stream_url) as stream:
         assert stream.status == 200
         alarm = broadcast("Live")
@@ -312,16 +323,16 @@ def test_control_a_buffering_nginx_holds_the_stream_back(server_factory, nginx_f
     # What the delivery tests would catch. Without the header, without
     # proxy_buffering off and over HTTP/1.0 (nginx's default; over HTTP/1.1
     # nginx 1.22 passes each complete chunk on even while buffering), nginx
-    # waits for its buffer to fill: daphne has sent the response head and the
+    # waits for its buffer to fill: the server has sent the response head and the
     # alarm, and the client gets not even the head.
-    server = server_factory(extra_args=PROXY_HEADERS, METRICS_TOKEN="t0ken")
+    server = unchunked(server_factory, METRICS_TOKEN="t0ken")
     nginx = nginx_factory([server], edits=[BUFFERING_ON, IGNORE_ACCEL, HTTP_10])
     broadcast("Held back")  # before connecting: the stream opens with it
     with socket.create_connection(("127.0.0.1", nginx.port), timeout=10) as client:
         client.sendall(
             f"GET /alarms/stream/ HTTP/1.1\r\nHost: 127.0.0.1:{nginx.port}\r\n\r\n".encode()
         )
-        # Counted once daphne's socket to nginx took the opening, alarm and all.
+        # Counted once the server's socket to nginx took the opening, alarm and all.
         wait_for(lambda: metric(server, "alarms_events_delivered_total") == 1)
         # No event says what nginx did with them: passing them on takes it a
         # millisecond on loopback, and a second is given.
@@ -345,8 +356,8 @@ def streams_through(nginx: Nginx, count: int) -> list[int]:
 
 def full_and_taking(server_factory: Callable[..., Server]) -> tuple[Server, Server]:
     """Two processes: the first answers every stream 503, as a full or draining one does."""
-    full = server_factory(extra_args=PROXY_HEADERS, METRICS_TOKEN="t0ken", MAX_STREAMS=0)
-    return full, server_factory(extra_args=PROXY_HEADERS, METRICS_TOKEN="t0ken")
+    full = server_factory(unit=True, METRICS_TOKEN="t0ken", MAX_STREAMS=0)
+    return full, server_factory(unit=True, METRICS_TOKEN="t0ken")
 
 
 def test_a_process_that_answers_503_is_passed_over(server_factory, nginx_factory):
@@ -369,7 +380,7 @@ def test_control_without_next_upstream_the_503_reaches_the_browser(server_factor
 
 
 def test_heartbeats_keep_a_quiet_stream_open_past_the_read_timeout(server_factory, nginx_factory):
-    server = server_factory(extra_args=PROXY_HEADERS, HEARTBEAT=0.5)
+    server = server_factory(unit=True, HEARTBEAT=0.5)
     warm_up(server)
     nginx = nginx_factory([server], edits=[read_timeout(2)])
     with Stream(nginx.stream_url) as stream:
@@ -385,7 +396,7 @@ def test_heartbeats_keep_a_quiet_stream_open_past_the_read_timeout(server_factor
 def test_a_heartbeat_slower_than_the_read_timeout_gets_the_stream_cut(
     server_factory, nginx_factory
 ):
-    server = server_factory(extra_args=PROXY_HEADERS, HEARTBEAT=30)
+    server = server_factory(unit=True, HEARTBEAT=30)
     warm_up(server)
     nginx = nginx_factory([server], edits=[read_timeout(2)])
     with Stream(nginx.stream_url) as stream:
@@ -404,7 +415,7 @@ def test_a_heartbeat_slower_than_the_read_timeout_gets_the_stream_cut(
 def test_the_per_address_cap_counts_clients_not_nginx(server_factory, nginx_factory):
     # One process: the cap is per process, so with several behind the upstream
     # an address may hold up to that many times MAX_STREAMS_PER_ADDRESS.
-    server = server_factory(extra_args=PROXY_HEADERS, MAX_STREAMS_PER_ADDRESS=1)
+    server = server_factory(unit=True, MAX_STREAMS_PER_ADDRESS=1)
     nginx = nginx_factory([server])
     first = stream_from("127.0.0.2", nginx.stream_url)
     other = stream_from("127.0.0.3", nginx.stream_url)
@@ -419,9 +430,9 @@ def test_the_per_address_cap_counts_clients_not_nginx(server_factory, nginx_fact
 
 
 def test_without_proxy_headers_every_client_is_nginx(server_factory, nginx_factory):
-    # Why daphne runs with --proxy-headers: without it REMOTE_ADDR is nginx's
-    # address for everyone, and the first client uses up the cap of all.
-    server = server_factory(MAX_STREAMS_PER_ADDRESS=1)
+    # Why the unit runs its server with --proxy-headers: without it REMOTE_ADDR
+    # is nginx's address for everyone, and the first client uses up the cap of all.
+    server = server_factory(unit=True, extra_args=["--no-proxy-headers"], MAX_STREAMS_PER_ADDRESS=1)
     nginx = nginx_factory([server])
     first = stream_from("127.0.0.2", nginx.stream_url)
     other = stream_from("127.0.0.3", nginx.stream_url)
@@ -440,7 +451,7 @@ def test_without_proxy_headers_every_client_is_nginx(server_factory, nginx_facto
 def test_dismiss_through_nginx_passes_csrf_and_reaches_the_stream(
     server_factory, nginx_factory, make_user, session_cookie
 ):
-    nginx = nginx_factory([server_factory(extra_args=PROXY_HEADERS)])
+    nginx = nginx_factory([server_factory(unit=True)])
     name, value = session_cookie(make_user("nia"))
     alarm = api.send_alarm(en("Dismiss me"))
     status, headers, _ = request(nginx, "GET", "/", {"Cookie": f"{name}={value}"})
@@ -531,7 +542,7 @@ def test_http2_over_tls_streams_and_passes_csrf_as_https(
     server_factory, nginx_factory, make_user, session_cookie, tmp_path
 ):
     certificate, key = self_signed(tmp_path)
-    nginx = nginx_factory([server_factory(extra_args=PROXY_HEADERS)], tls=(certificate, key))
+    nginx = nginx_factory([server_factory(unit=True)], tls=(certificate, key))
     curl = Curl(certificate)
     name, value = session_cookie(make_user("ola"))
     cookie = f"{name}={value}"
@@ -558,7 +569,7 @@ def test_http2_over_tls_streams_and_passes_csrf_as_https(
         stream.wait()
 
     # Behind TLS, Django must see the request as https (X-Forwarded-Proto, taken
-    # up by daphne --proxy-headers) for the browser's https Origin to pass.
+    # up by the unit's --proxy-headers) for the browser's https Origin to pass.
     head = curl.run("-D", "-", "-o", os.devnull, "-b", cookie, f"{nginx.origin}/")
     token = csrf_cookie(
         [h.split(":", 1)[1] for h in head.splitlines() if h.lower().startswith("set-cookie:")]
