@@ -12,7 +12,8 @@ the other in one run:
    (``bench/storm_setup.py``, run in the tree).
 2. P processes of the tree's ASGI server, daphne by default or each ``--server``
    in turn (``config.asgi:application``, the bench settings, proxy headers
-   trusted, a listen queue of 4,096) and one nginx in front
+   trusted, a listen queue of 4,096; uvicorn with the options of this
+   checkout's systemd unit, ``docs/alarms@.service``) and one nginx in front
    of them: the ``upstream`` block of the tree's ``docs/nginx.conf`` with the P
    ports, and a server block that includes ``docs/nginx-alarms-locations.conf``
    unchanged. The server block adds one response header, ``X-Upstream``, naming
@@ -50,6 +51,7 @@ import random
 import re
 import resource
 import secrets
+import shlex
 import socket
 import statistics
 import subprocess
@@ -594,16 +596,26 @@ async def scenario(
     return result
 
 
+UNIT = ROOT / "docs" / "alarms@.service"
+
+
+def unit_uvicorn(python: str, port: int) -> list[str]:
+    """The systemd unit's ExecStart line (this checkout's ``docs/alarms@.service``),
+    with ``python -m uvicorn`` for its program and ``port`` for ``%i``: every tree
+    runs the uvicorn a deployment runs."""
+    line = next(s for s in UNIT.read_text().splitlines() if s.startswith("ExecStart="))
+    program, *args = shlex.split(line.partition("=")[2])
+    if Path(program).name != "uvicorn":
+        raise SystemExit(f"{UNIT} runs {program}, not uvicorn")
+    *options, app = (a.replace("%i", str(port)) for a in args)
+    return [python, "-m", "uvicorn", *options, "--log-level", "warning", app]
+
+
 def server_command(server: str, python: str, port: int) -> list[str]:
-    app = "config.asgi:application"
     if server == "daphne":
         listen = f"tcp:port={port}:interface=127.0.0.1:backlog=4096"
-        return [python, "-m", "daphne", "--proxy-headers", "-e", listen, app]
-    return [
-        python, "-m", "uvicorn", "--host", "127.0.0.1", "--port", str(port),
-        "--lifespan", "off", "--no-access-log", "--log-level", "warning",
-        "--backlog", "4096", "--timeout-keep-alive", "75", app,
-    ]  # fmt: skip
+        return [python, "-m", "daphne", "--proxy-headers", "-e", listen, "config.asgi:application"]
+    return unit_uvicorn(python, port)
 
 
 def run_tree(
