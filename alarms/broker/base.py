@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
+from functools import partial
 from typing import Any, ClassVar, TypeVar
 
 from django.db import connections
@@ -90,6 +91,8 @@ class BaseBroker:
         # broadcast, and the hold after it (yield_to_delivery): since, until, streams.
         self._delivering_until = 0.0
         self._hold_since = self._hold_until = 0.0
+        # Whether a broadcast's "all taken" is awaited (see _fan_out): one at a time.
+        self._drain_watched = False
         self._hold_streams = 0
         self.shutting_down = False
 
@@ -323,6 +326,21 @@ class BaseBroker:
             at, most = self.loop.time(), float(self.config["RECEIPTS_YIELD"])
             self._delivering_until = at + most
             self.hold_receipts(at, queued, most)
+            if not self._drain_watched:
+                self._drain_watched = True
+                self.subscribers.backlog.when_empty(partial(self._drained, at, queued))
+
+    def _drained(self, since: float, queued: int) -> None:
+        """Log how long this process's streams took to take a broadcast: its part
+        of an alarm's delivery, apart from the proxy's, the network's and the
+        browsers' (with the journal read's time, logged above)."""
+        self._drain_watched = False
+        if self.loop is not None:
+            logger.info(
+                "broadcast to %d streams: every one took it %.1f ms after it was queued",
+                queued,
+                (self.loop.time() - since) * 1000,
+            )
 
     def hold_receipts(self, now: float, streams: int, most: float) -> None:
         """Hold the receipts back for a broadcast to ``streams`` more streams.

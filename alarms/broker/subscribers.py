@@ -8,6 +8,7 @@ import itertools
 import logging
 import math
 from collections import defaultdict
+from collections.abc import Callable
 
 from alarms.broker.cache import Viewer
 from alarms.broker.counters import CloseReason
@@ -48,6 +49,17 @@ class Backlog:
             waiters, self._waiters = self._waiters, []
             for waiter in waiters:
                 _resolve(waiter)
+
+    def when_empty(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` on the loop once no stream holds an untaken event:
+        at once if none does. No timer, no task: nothing is left pending when
+        the loop closes before the streams drain."""
+        if self.count <= 0:
+            callback()
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        waiter.add_done_callback(lambda _waiter: callback())
+        self._waiters.append(waiter)
 
     async def empty(self, within: float) -> None:
         """Wait until no stream holds an untaken event, or ``within`` seconds."""
