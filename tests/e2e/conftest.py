@@ -362,8 +362,9 @@ def unit_service() -> configparser.SectionProxy:
 def unit_exec_start(port: int, extra_args: Sequence[str] = ()) -> list[str]:
     """The unit's ExecStart line as this test run can run it.
 
-    Its server from this virtualenv (``python -m``), ``%i`` the port, and
-    ``extra_args`` before the application, the line's last argument.
+    Its server from this virtualenv (``python -m``, so the server's name is
+    item 2), ``%i`` the port, and ``extra_args`` before the application, the
+    line's last argument.
     """
     program, *args = shlex.split(unit_service()["ExecStart"])
     *options, app = (a.replace("%i", str(port)) for a in args)
@@ -378,8 +379,7 @@ class Unit(Server):
     """
 
     def __init__(self, alarms: dict[str, Any] | None = None, **kwargs: Any) -> None:
-        program = Path(shlex.split(unit_service()["ExecStart"])[0]).name
-        super().__init__(alarms, **kwargs, asgi_server=program)
+        super().__init__(alarms, **kwargs, asgi_server=unit_exec_start(0)[2])
 
     def command(self) -> list[str]:
         return unit_exec_start(self.port, self.extra_args)

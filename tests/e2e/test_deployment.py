@@ -7,7 +7,6 @@ unit's KillSignal, holding it to the unit's TimeoutStopSec.
 
 from __future__ import annotations
 
-import re
 import signal
 import socket
 import time
@@ -17,13 +16,11 @@ import pytest
 
 from alarms import api
 from alarms.conf import DEFAULTS
-from tests.e2e.conftest import ROOT, Unit, unit_exec_start, unit_service
+from tests.e2e.conftest import Unit, unit_exec_start, unit_service
 from tests.helpers import en
 from tests.sse import Stream
 
 pytestmark = pytest.mark.e2e
-
-NGINX_SITE = ROOT / "docs" / "nginx.conf"
 
 
 @pytest.fixture
@@ -75,20 +72,6 @@ def test_the_unit_listens_on_loopback_only_and_behind_a_proxy(unit: Unit) -> Non
     argv = unit_exec_start(port)
     assert "--proxy-headers" in argv
     assert argv[argv.index("--forwarded-allow-ips") + 1] == "127.0.0.1"
-
-
-def test_the_unit_keeps_idle_connections_longer_than_the_proxy() -> None:
-    # A request the proxy sends on a kept-alive connection just as the server
-    # closes it is answered 502 and, for a POST, not retried: the proxy must
-    # close first. nginx.conf's upstream does within 4 s; load balancers keep
-    # theirs 60 s (an AWS ALB's default), which the unit must outlast too.
-    argv = unit_exec_start(0)
-    server_keeps = int(argv[argv.index("--timeout-keep-alive") + 1])
-    upstream = re.search(r"^upstream alarms_app \{\n.*?^\}", NGINX_SITE.read_text(), re.M | re.S)
-    assert upstream, f"no upstream block in {NGINX_SITE}"
-    nginx_keeps = re.search(r"^\s*keepalive_timeout (\d+)s;", upstream.group(0), re.M)
-    assert nginx_keeps, "the upstream sets no keepalive_timeout"
-    assert server_keeps > max(int(nginx_keeps.group(1)), 60), server_keeps
 
 
 def test_the_units_limits_fit_the_apps_defaults() -> None:
